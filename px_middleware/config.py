@@ -266,7 +266,8 @@ def _convert(name: str, annotation: Any, raw: Any) -> Any:
         try:
             return frozenset(int(part) for part in raw.split(",") if part.strip())
         except ValueError:
-            raise ValueError(f"PX_{name.upper()}={raw!r} must be comma-separated integers") from None
+            message = f"PX_{name.upper()}={raw!r} must be comma-separated integers"
+            raise ValueError(message) from None
     if text.startswith("Mapping"):
         import json
 

@@ -1,0 +1,191 @@
+"""Who is on the page: ``User``, ``Account``, ``Identity`` and PX attribute typing.
+
+PX wants numbers unquoted, booleans as booleans and dates as epoch milliseconds UTC.
+Coercion happens once, when an identity is turned into PX attributes, and anything
+PX cannot store is a ``TypeError``/``ValueError`` that names the attribute, so the
+middleware can drop that one attribute (logged, counted) instead of the page.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import math
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+#: A value PX can store, after coercion.
+PXValue = str | int | float | bool
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+#: Longest string attribute we send; PX truncates or rejects longer values.
+MAX_STRING_LENGTH = 4096
+
+
+def to_epoch_ms(value: dt.datetime | dt.date) -> int:
+    """Epoch milliseconds UTC. Naive datetimes are taken as UTC; dates as midnight UTC."""
+    if isinstance(value, dt.datetime):
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+    else:
+        aware = dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
+    # Integer arithmetic on the timedelta avoids float rounding of microseconds.
+    delta = aware - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def coerce(name: str, value: Any) -> PXValue | None:
+    """Turn one Python value into a PX attribute value; ``None`` means "omit"."""
+    if value is None:
+        return None
+    if isinstance(value, enum.Enum):
+        return coerce(name, value.value)
+    # bool before int: True is an int in Python but a BOOLEAN in PX.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"attribute {name!r}: {value!r} is not a finite number")
+        return value
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"attribute {name!r}: {value!r} is not a finite number")
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, (dt.datetime, dt.date)):
+        return to_epoch_ms(value)
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_LENGTH:
+            raise ValueError(
+                f"attribute {name!r}: string of {len(value)} characters is longer than "
+                f"{MAX_STRING_LENGTH}"
+            )
+        return value
+    raise TypeError(
+        f"attribute {name!r}: {type(value).__name__} is not a PX type "
+        "(use str, int, float, bool, Decimal, date/datetime, Enum or None)"
+    )
+
+
+def _require_id(kind: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise TypeError(f"{kind}.id must be a str or int, not {type(value).__name__}")
+    text = str(value)
+    if not text.strip():
+        raise ValueError(f"{kind}.id must not be empty")
+    return text
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Subject:
+    """Shared by ``User`` and ``Account``: id, default fields, custom attributes."""
+
+    id: str
+    custom: Mapping[str, Any] = dataclasses.field(default_factory=dict, kw_only=True)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", _require_id(type(self).__name__, self.id))
+        if not isinstance(self.custom, Mapping):
+            raise TypeError(f"{type(self).__name__}.custom must be a mapping")
+        for key in self.custom:
+            if not isinstance(key, str) or not key:
+                raise TypeError(f"custom attribute names must be non-empty strings: {key!r}")
+
+    def attributes(
+        self, on_error: Callable[[str, Exception], None] | None = None
+    ) -> dict[str, PXValue]:
+        """PX API names to coerced values. Bad values raise, or go to ``on_error``."""
+        result: dict[str, PXValue] = {"id": self.id}
+        items: list[tuple[str, Any]] = [
+            (_camel(f.name), getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name not in ("id", "custom")
+        ]
+        items.extend(self.custom.items())
+        for api_name, raw in items:
+            try:
+                value = coerce(api_name, raw)
+            except (TypeError, ValueError) as exc:
+                if on_error is None:
+                    raise
+                on_error(api_name, exc)
+                continue
+            if value is not None and api_name != "id":
+                result[api_name] = value
+        return result
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class User(_Subject):
+    """A PX user. Python names map to PX API names (``first_name`` -> ``firstName``)."""
+
+    email: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    title: str | None = None
+    role: str | None = None
+    phone: str | None = None
+    gender: str | None = None
+    account_id: str | None = None
+    subscription_id: str | None = None
+    score: float | None = None
+    number_of_visits: int | None = None
+    sign_up_date: dt.datetime | dt.date | None = None
+    first_visit_date: dt.datetime | dt.date | None = None
+    country_name: str | None = None
+    state_name: str | None = None
+    city: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Account(_Subject):
+    """A PX account (company). ``number_of_employees`` -> ``numberOfEmployees``."""
+
+    name: str | None = None
+    industry: str | None = None
+    plan: str | None = None
+    website: str | None = None
+    sfdc_id: str | None = None
+    tracked_subscription_id: str | None = None
+    duns_number: str | None = None
+    sic_code: str | None = None
+    naics_code: str | None = None
+    number_of_employees: int | None = None
+    number_of_users: int | None = None
+    country_name: str | None = None
+    state_name: str | None = None
+    city: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """What ``identify(request)`` returns for a logged-in visitor."""
+
+    user: User
+    account: Account | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.user, User):
+            raise TypeError(f"Identity.user must be a User, not {type(self.user).__name__}")
+        if self.account is not None and not isinstance(self.account, Account):
+            raise TypeError(
+                f"Identity.account must be an Account, not {type(self.account).__name__}"
+            )
+
+
+def as_identity(value: object) -> Identity | None:
+    """Accept what ``identify`` may return: ``Identity``, a bare ``User``, or ``None``."""
+    if value is None or isinstance(value, Identity):
+        return value
+    if isinstance(value, User):
+        return Identity(value)
+    raise TypeError(
+        f"identify() must return Identity, User or None, not {type(value).__name__}"
+    )

@@ -1,0 +1,107 @@
+"""Render the PX loader tag and the ``aptrinsic(...)`` calls that follow it.
+
+The output goes inside a ``<script>`` element of somebody else's page, so every value
+is JSON with the characters that could end the script or open a comment (``<``,
+``>``, ``&``, ``'``) and the JavaScript line terminators U+2028/U+2029 escaped. The
+result is pure ASCII, which lets the injector splice bytes without decoding the page.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from px_middleware.config import PXConfig
+from px_middleware.identity import Identity, PXValue
+from px_middleware.signing import user_hash
+
+#: Attribute on our ``<script>`` tag; also how tests and humans spot our snippet.
+MARKER = 'data-px-middleware="1"'
+#: Any PX loader (ours or hand-pasted) mentions this; the injector skips such pages.
+LOADER_SIGNATURE = b"aptrinsic"
+
+_NONCE = re.compile(r"[A-Za-z0-9+/_=-]{1,256}")
+_ESCAPES = {
+    ord("<"): "\\u003c",
+    ord(">"): "\\u003e",
+    ord("&"): "\\u0026",
+    ord("'"): "\\u0027",
+}
+
+_LOADER = (
+    '(function(n,t,a,e,co){{var i="aptrinsic";n[i]=n[i]||function(){{'
+    "(n[i].q=n[i].q||[]).push(arguments)}},n[i].p=e;n[i].c=co;"
+    'var r=t.createElement("script");r.async=!0,r.src=a+"?a="+e;'
+    'var c=t.getElementsByTagName("script")[0];'
+    # No "&&" or "<": the same bytes must also be well-formed inside XHTML.
+    "if(c){{c.parentNode.insertBefore(r,c)}}else{{t.head.appendChild(r)}}"
+    "}})(window,document,{url},{key}{config});"
+)
+
+
+def js_value(value: Any) -> str:
+    """JSON that is safe inside an HTML ``<script>`` element and pure ASCII."""
+    # ensure_ascii escapes U+2028/U+2029 and all other non-ASCII as \\uXXXX.
+    text = json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return text.translate(_ESCAPES)
+
+
+def valid_nonce(nonce: str) -> str:
+    """Return ``nonce`` if it is a plausible CSP nonce (base64 alphabet), else raise."""
+    if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
+        raise ValueError("CSP nonce must be 1-256 base64 characters")
+    return nonce
+
+
+def identify_call(
+    config: PXConfig,
+    identity: Identity,
+    on_attribute_error: Callable[[str, Exception], None] | None = None,
+) -> str:
+    """``aptrinsic("identify", user, account)`` with ``userHash`` when a secret is set.
+
+    Raises ``ValueError`` when the hash cannot be computed (``hash_field="email"`` and
+    no email): PX would reject the identify, so the caller must not send it.
+    """
+    user: dict[str, PXValue] = identity.user.attributes(on_attribute_error)
+    if config.hmac_secret:
+        hashed = user.get(config.hash_field)
+        if not isinstance(hashed, str) or not hashed:
+            raise ValueError(f"cannot compute userHash: user has no {config.hash_field!r}")
+        user["userHash"] = user_hash(hashed, config.hmac_secret, config.hash_encoding)
+    args = [js_value("identify"), js_value(user)]
+    if identity.account is not None:
+        args.append(js_value(identity.account.attributes(on_attribute_error)))
+    return f"aptrinsic({','.join(args)});"
+
+
+def render(
+    config: PXConfig,
+    identity: Identity | None = None,
+    *,
+    nonce: str | None = None,
+    set_user: Mapping[str, PXValue] | None = None,
+    reset: bool = False,
+    on_attribute_error: Callable[[str, Exception], None] | None = None,
+) -> bytes:
+    """The whole ``<script>`` element: loader, then ``reset``, ``identify``, ``set``."""
+    sdk_config = "" if config.sdk_config is None else "," + js_value(dict(config.sdk_config))
+    parts = [
+        _LOADER.format(
+            url=js_value(config.sdk_script_url),
+            key=js_value(config.product_key),
+            config=sdk_config,
+        )
+    ]
+    if reset:
+        parts.append('aptrinsic("reset");')
+    if identity is not None:
+        parts.append(identify_call(config, identity, on_attribute_error))
+        if set_user:
+            parts.append(f'aptrinsic("set","user",{js_value(dict(set_user))});')
+    nonce_attr = "" if nonce is None else f' nonce="{html.escape(valid_nonce(nonce))}"'
+    script = f"<script {MARKER}{nonce_attr}>{''.join(parts)}</script>"
+    return script.encode("ascii")
