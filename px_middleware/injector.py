@@ -85,6 +85,13 @@ class Injector:
             self._decide(None, "no <head> or <body> in the document")
         return self._release()
 
+    def abandon(self) -> bytes:
+        """Stop: return what is held, unchanged; later chunks pass through as is."""
+        data, self._data = self._data, b""
+        if self.inserted is None:
+            self._decide(None, "abandoned after an error")
+        return data
+
     # -- internals ------------------------------------------------------------------
     def _release(self) -> bytes:
         if self.inserted is None:
