@@ -98,6 +98,13 @@ class _Subject:
             if not isinstance(key, str) or not key:
                 raise TypeError(f"custom attribute names must be non-empty strings: {key!r}")
 
+    @classmethod
+    def default_names(cls) -> frozenset[str]:
+        """The PX API names of the default (non-custom) attributes."""
+        return frozenset(
+            _camel(f.name) for f in dataclasses.fields(cls) if f.name not in ("id", "custom")
+        )
+
     def attributes(
         self, on_error: Callable[[str, Exception], None] | None = None
     ) -> dict[str, PXValue]:

@@ -1,0 +1,155 @@
+"""The bodies sent to the PX REST API: custom events and user/account upserts.
+
+PX has no writable page-view or session endpoint, so server-side page views and
+sessions are custom events (``POST /events/custom``). Bodies are plain dicts built
+here once; the delivery layer serialises them off the request path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from px_middleware.config import PXConfig
+from px_middleware.identity import Identity, PXValue
+from px_middleware.session import SessionState
+
+REDACTED = "[redacted]"
+
+
+def custom_event(
+    config: PXConfig,
+    name: str,
+    *,
+    date_ms: int,
+    state: SessionState,
+    account_id: str | None,
+    attributes: Mapping[str, Any],
+    url: str | None = None,
+    referrer: str | None = None,
+    remote_host: str | None = None,
+) -> dict[str, Any]:
+    """A PX custom event for the visitor of ``state``; ``eventId`` is fixed here, once."""
+    user = state.user_id
+    event: dict[str, Any] = {
+        "eventId": str(uuid.uuid4()),
+        "eventName": name,
+        "date": date_ms,
+        "identifyId": user if user is not None else state.visitor_id,
+        "userType": "USER" if user is not None else "VISITOR",
+        "propertyKey": config.product_key,
+        "sessionId": state.session_id,
+        "attributes": dict(attributes),
+    }
+    if account_id is not None:
+        event["accountId"] = account_id
+    if url is not None:
+        event["url"] = url
+    if referrer:
+        event["referrer"] = referrer
+    if remote_host:
+        event["remoteHost"] = remote_host
+    return event
+
+
+def filter_query(query: str, redact: tuple[str, ...]) -> str:
+    """Replace the values of sensitive query keys (case-insensitive) before they leave."""
+    if not query or not redact:
+        return query
+    keys = {key.lower() for key in redact}
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return urlencode(
+        [(key, REDACTED if key.lower() in keys else value) for key, value in pairs]
+    )
+
+
+def page_url(scheme: str, host: str, path: str, query: str, redact: tuple[str, ...]) -> str:
+    filtered = filter_query(query, redact)
+    return f"{scheme}://{host}{path}" + (f"?{filtered}" if filtered else "")
+
+
+def filter_referrer(referrer: str | None, redact: tuple[str, ...]) -> str | None:
+    if not referrer:
+        return None
+    base, sep, query = referrer.partition("?")
+    return base + (sep + filter_query(query, redact) if sep else "")
+
+
+def client_ip(peer: str | None, forwarded_for: str | None, trusted: tuple[str, ...]) -> str | None:
+    """The client address, believing ``X-Forwarded-For`` only from trusted proxies.
+
+    Walk the chain from the right (the hop nearest to us) and stop at the first
+    address that is not a trusted proxy: everything left of it could be forged.
+    """
+    if peer is None:
+        return None
+    if not forwarded_for or not _trusted(peer, trusted):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _trusted(address: str, trusted: tuple[str, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    for network in trusted:
+        try:
+            if ip in ipaddress.ip_network(network, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _rest_body(
+    attributes: dict[str, PXValue], defaults: frozenset[str], id_key: str, product_key: str
+) -> dict[str, Any]:
+    body: dict[str, Any] = {id_key: attributes["id"], "propertyKeys": [product_key]}
+    custom = {}
+    for name, value in attributes.items():
+        if name == "id":
+            continue
+        if name in defaults:
+            body[name] = value
+        else:
+            custom[name] = value
+    if custom:
+        body["customAttributes"] = custom
+    return body
+
+
+def upsert_bodies(
+    config: PXConfig,
+    identity: Identity,
+    on_error: Callable[[str, Exception], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """PX REST user and account objects (``identifyId``, ``customAttributes``, ...)."""
+    user_attrs = identity.user.attributes(on_error)
+    if identity.account is not None:
+        user_attrs.setdefault("accountId", identity.account.id)
+    user = _rest_body(user_attrs, identity.user.default_names(), "identifyId", config.product_key)
+    account = None
+    if identity.account is not None:
+        account = _rest_body(
+            identity.account.attributes(on_error),
+            identity.account.default_names(),
+            "id",
+            config.product_key,
+        )
+    return user, account
+
+
+def digest(user: Mapping[str, Any], account: Mapping[str, Any] | None) -> str:
+    """A short fingerprint of what was last upserted; stored in the session cookie."""
+    text = json.dumps([user, account], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
