@@ -16,8 +16,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# pytest exits 5 when it collected no tests; that is not a failure of the suite.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest || [ $$? -eq 5 ]
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo

@@ -5,29 +5,36 @@ here, and the WSGI and ASGI sides cannot drift apart:
 
 1. ``Exchange(...)`` with the request facts; ``skip_reason`` says if it is not a page.
 2. ``accepts(status, headers)`` at response start: status, media type, encoding.
-3. ``begin(headers, identity, ...)`` once the adapter resolved who is on the page.
-4. ``feed(chunk)`` / ``close()`` for the body; ``headers()`` for the response head.
+3. ``begin(headers, identity, ...)`` once the adapter resolved who is on the page;
+   it returns whether the body goes through the injector.
+4. ``headers()`` for the response head to send (rewritten, with the session cookie).
+5. ``feed(chunk)`` / ``close()`` for the body when injecting.
+6. ``finish()`` when the response is over: the page view, with its duration.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from px_middleware.config import PXConfig
+from px_middleware.counters import Counters
 from px_middleware.identity import Identity, coerce
 from px_middleware.injector import Injector
 from px_middleware.policy import (
-    HeaderGetter,
     public_cache_reason,
     request_skip_reason,
     response_skip_reason,
     rewrite_headers,
 )
+from px_middleware.request import HeaderGetter, RequestInfo
 from px_middleware.snippet import render
+from px_middleware.tracking import Tracker, Visit
+
+__all__ = ["SEEN_KEY", "SET_USER_KEY", "SKIP_KEY", "Counters", "Exchange"]
 
 log = logging.getLogger("px_middleware")
 
@@ -39,22 +46,6 @@ SKIP_KEY = "px_middleware.skip"
 SET_USER_KEY = "px_middleware.set_user"
 
 _CSP_NONCE = re.compile(r"'nonce-([A-Za-z0-9+/_=-]+)'")
-
-
-class Counters:
-    """Thread-safe named counters, readable from code (``middleware.counters``)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: dict[str, int] = {}
-
-    def incr(self, name: str, amount: int = 1) -> None:
-        with self._lock:
-            self._values[name] = self._values.get(name, 0) + amount
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._values)
 
 
 def csp_nonce_from_headers(headers: list[tuple[str, str]]) -> tuple[bool, str | None]:
@@ -83,7 +74,7 @@ def csp_nonce_from_headers(headers: list[tuple[str, str]]) -> tuple[bool, str | 
 
 
 class Exchange:
-    """Per-request state for one page; the adapters own one per request, in a local."""
+    """Per-request state for one response; adapters keep one per request, in a local."""
 
     def __init__(
         self,
@@ -94,28 +85,56 @@ class Exchange:
         path: str,
         header: HeaderGetter,
         path_allowed: Callable[[str], bool],
+        query: str = "",
+        scheme: str = "http",
+        host: str = "",
+        client: str | None = None,
+        tracker: Tracker | None = None,
     ) -> None:
         self._config = config
         self._counters = counters
+        self._request = RequestInfo(method, path, header, query, scheme, host, client)
+        self._tracker = tracker
         self._identified = False
         self._snippet_length = 0
+        self._status = 0
+        self._visit: Visit | None = None
+        self._cookie: str | None = None
         self.injector: Injector | None = None
         self._response_headers: list[tuple[str, str]] = []
-        if not config.inject:
-            self.skip_reason: str | None = "injection disabled (inject=False)"
-        else:
-            self.skip_reason = request_skip_reason(method, path, header, path_allowed)
+        allowed = path_allowed(path)
+        reason = request_skip_reason(method, path, header, lambda _: allowed)
+        self.skip_reason: str | None = (
+            "injection disabled (inject=False)" if not config.inject else reason
+        )
+        self.track_reason: str | None = "tracking off"
+        if tracker is not None:
+            self.track_reason = tracker.request_skip_reason(self._request, allowed, reason)
+            self._started = tracker.clock()
+
+    @property
+    def active(self) -> bool:
+        """False: nothing to do for this request, pass it through untouched."""
+        return self.skip_reason is None or self.track_reason is None
 
     def skip(self, reason: str) -> bool:
-        """Record why this response is passed through untouched; always False."""
+        """Record why this response gets no snippet; always False."""
         self.skip_reason = reason
         self._counters.incr("skipped")
         log.debug("px_middleware: not injected: %s", reason)
         return False
 
     def accepts(self, status: int, headers: list[tuple[str, str]]) -> bool:
-        reason = response_skip_reason(status, headers, self._config.inject_statuses)
-        return True if reason is None else self.skip(reason)
+        """At response start: is there anything to do (inject or track)?"""
+        self._status = status
+        self._response_headers = headers
+        if self.skip_reason is None:
+            reason = response_skip_reason(status, headers, self._config.inject_statuses)
+            if reason is not None:
+                self.skip(reason)
+        if self._tracker is not None and self.track_reason is None:
+            self.track_reason = self._tracker.response_skip_reason(status, headers)
+        return self.active
 
     def begin(
         self,
@@ -125,9 +144,82 @@ class Exchange:
         nonce: str | None = None,
         nonce_required: bool = False,
         set_user: Mapping[str, Any] | None = None,
-        reset: bool = False,
     ) -> bool:
-        """Render the snippet for this page. False: pass the response through."""
+        """Track this response and render its snippet. True: inject into the body."""
+        self._response_headers = headers
+        self._identified = identity is not None
+        state = None
+        if self._tracker is not None and self.track_reason is None:
+            self._visit = self._tracker.visit(self._request, identity, self._tracker.clock())
+            state = self._visit.state
+        reset = state is not None and state.reset_pending
+        injecting = self.skip_reason is None and self._prepare(
+            headers, identity, nonce, nonce_required, set_user, reset
+        )
+        if self._visit is not None and state is not None:
+            if injecting and reset:
+                state = dataclasses.replace(state, reset_pending=False)
+            assert self._tracker is not None
+            self._cookie = self._tracker.cookie_header(state, self._request.scheme == "https")
+        return injecting
+
+    @property
+    def has_content_length(self) -> bool:
+        return any(name.lower() == "content-length" for name, _ in self._response_headers)
+
+    def headers(self) -> list[tuple[str, str]]:
+        """The head to send. When injecting with ``Content-Length``, call it once decided."""
+        headers = self._response_headers
+        if self.injector is not None:
+            inserted = self.injector.inserted
+            if inserted is None and self.has_content_length:
+                raise RuntimeError("Content-Length is known only once the injector decided")
+            headers = rewrite_headers(
+                headers,
+                identified=self._identified,
+                length_delta=0 if inserted is False else self._snippet_length,
+            )
+        if self._cookie is not None:
+            headers = [*headers, ("Set-Cookie", self._cookie)]
+        return headers
+
+    def feed(self, chunk: bytes) -> bytes:
+        assert self.injector is not None
+        if self.injector.decided:
+            return chunk
+        out = self.injector.feed(chunk)
+        if self.injector.decided:
+            self._log_outcome()
+        return out
+
+    def close(self) -> bytes:
+        assert self.injector is not None
+        if self.injector.decided:
+            return b""
+        out = self.injector.close()
+        self._log_outcome()
+        return out
+
+    def finish(self) -> None:
+        """The response is over (or abandoned): record its page view."""
+        if self._visit is None or self._tracker is None:
+            return
+        visit, self._visit = self._visit, None
+        duration_ms = int((self._tracker.clock() - self._started) * 1000)
+        self._tracker.page_view(
+            self._request, visit, status=self._status, duration_ms=max(duration_ms, 0)
+        )
+
+    # -- internals ------------------------------------------------------------------
+    def _prepare(
+        self,
+        headers: list[tuple[str, str]],
+        identity: Identity | None,
+        nonce: str | None,
+        nonce_required: bool,
+        set_user: Mapping[str, Any] | None,
+        reset: bool,
+    ) -> bool:
         if identity is None and not self._config.inject_anonymous:
             return self.skip("anonymous visitor and inject_anonymous=False")
         if identity is not None:
@@ -151,43 +243,8 @@ class Exchange:
             return self.skip(f"snippet not rendered: {exc}")
         self.injector = Injector(snippet)
         self._snippet_length = len(snippet)
-        self._identified = identity is not None
-        self._response_headers = headers
         return True
 
-    @property
-    def has_content_length(self) -> bool:
-        return any(name.lower() == "content-length" for name, _ in self._response_headers)
-
-    def headers(self) -> list[tuple[str, str]]:
-        """The response head to send. With ``Content-Length`` call it once decided."""
-        assert self.injector is not None
-        inserted = self.injector.inserted
-        if inserted is None and self.has_content_length:
-            raise RuntimeError("Content-Length is known only once the injector decided")
-        delta = 0 if inserted is False else self._snippet_length
-        return rewrite_headers(
-            self._response_headers, identified=self._identified, length_delta=delta
-        )
-
-    def feed(self, chunk: bytes) -> bytes:
-        assert self.injector is not None
-        if self.injector.decided:
-            return chunk
-        out = self.injector.feed(chunk)
-        if self.injector.decided:
-            self._log_outcome()
-        return out
-
-    def close(self) -> bytes:
-        assert self.injector is not None
-        if self.injector.decided:
-            return b""
-        out = self.injector.close()
-        self._log_outcome()
-        return out
-
-    # -- internals ------------------------------------------------------------------
     def _log_outcome(self) -> None:
         assert self.injector is not None
         if self.injector.inserted:

@@ -35,7 +35,8 @@ class SessionState:
     user_id: str | None
     #: Digest of the user/account attributes last upserted through the REST API.
     digest: str | None = None
-    #: Set when a user logged out; cleared once a page carried ``aptrinsic('reset')``.
+    #: Set when a user logged out or was replaced; cleared once a page carried
+    #: ``aptrinsic('reset')``.
     reset_pending: bool = False
 
     @property
@@ -76,9 +77,9 @@ def advance(
             previous, last_seen=max(now, previous.last_seen), pages=previous.pages + 1
         )
         return Transition(state, ended=None, started=False)
-    logged_out = previous.user_id is not None and user_id is None
     fresh = _fresh(previous.visitor_id, now, user_id)
-    if logged_out or (previous.reset_pending and user_id is None):
+    # Logout or a switch to someone else: the browser SDK must forget the old user.
+    if previous.reset_pending or (previous.user_id not in (None, user_id)):
         fresh = dataclasses.replace(fresh, reset_pending=True)
     if user_id is not None and user_id == previous.user_id:
         fresh = dataclasses.replace(fresh, digest=previous.digest)  # same user, timed out
