@@ -1,0 +1,279 @@
+"""Server-side sessions and events through the core ``Exchange``, driven by a clock.
+
+These are sans-IO tests: a request is a set of headers, a response is a status and
+headers, and ``capture`` appends to a list (what the delivery layer receives). The
+30-minute rule is driven by an injected clock, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import pytest
+
+from px_middleware import Account, Identity, PXConfig, User
+from px_middleware.counters import Counters
+from px_middleware.events import client_ip, filter_query
+from px_middleware.exchange import Exchange
+from px_middleware.session import SessionCookie, SessionState, advance
+from px_middleware.tracking import Tracker
+
+KEY = "AP-TESTKEY12345-2"
+HTML = [("Content-Type", "text/html; charset=utf-8")]
+PAGE = b"<!doctype html><html><head><title>t</title></head><body>hi</body></html>"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, minutes: float) -> None:
+        self.now += minutes * 60
+
+
+class Browser:
+    """Keeps the session cookie between requests, like a browser would."""
+
+    def __init__(self, tracker: Tracker, config: PXConfig) -> None:
+        self.tracker = tracker
+        self.config = config
+        self.cookie: str | None = None
+        self.headers: dict[str, str] = {"user-agent": "Mozilla/5.0 (X11; Linux) Firefox/140"}
+
+    def get(
+        self,
+        identity: Identity | None,
+        path: str = "/",
+        *,
+        query: str = "",
+        response_headers: list[tuple[str, str]] | None = None,
+        client: str | None = "203.0.113.9",
+    ) -> tuple[bytes, list[tuple[str, str]]]:
+        headers = dict(self.headers)
+        if self.cookie:
+            headers["cookie"] = f"other=1; {self.config.cookie_name}={self.cookie}"
+        exchange = Exchange(
+            self.config,
+            self.tracker.counters,
+            method="GET",
+            path=path,
+            header=lambda name: headers.get(name.lower()),
+            path_allowed=self.config.path_allowed(),
+            query=query,
+            scheme="https",
+            host="app.example",
+            client=client,
+            tracker=self.tracker,
+        )
+        response_headers = response_headers or list(HTML)
+        body = PAGE
+        if exchange.active and exchange.accepts(200, response_headers):
+            if exchange.begin(response_headers, identity):
+                body = exchange.feed(PAGE) + exchange.close()
+            response_headers = exchange.headers()
+            exchange.finish()
+        for name, value in response_headers:
+            if name.lower() == "set-cookie" and value.startswith(self.config.cookie_name + "="):
+                self.cookie = value.split(";", 1)[0].split("=", 1)[1]
+        return body, response_headers
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def sent() -> list[tuple[str, dict[str, Any]]]:
+    return []
+
+
+def make(
+    clock: Clock, sent: list[tuple[str, dict[str, Any]]], **overrides: Any
+) -> tuple[Browser, PXConfig]:
+    config = PXConfig(product_key=KEY, hmac_secret="hmac", api_key="api", **overrides)
+
+    def capture(kind: str, body: dict[str, Any]) -> bool:
+        sent.append((kind, body))
+        return True
+
+    tracker = Tracker(config, Counters(), capture, clock=clock)
+    return Browser(tracker, config), config
+
+
+ALICE = Identity(
+    User("u-1", email="alice@acme.test", sign_up_date=dt.date(2024, 1, 2),
+         custom={"seats": 5}),
+    Account("acme", name="Acme", number_of_employees=50),
+)
+
+
+def events(sent: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [body for kind, body in sent if kind == "event"]
+
+
+def names(sent: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    return [event["eventName"] for event in events(sent)]
+
+
+def test_first_page_starts_a_session_and_upserts(clock: Clock, sent: list[Any]) -> None:
+    browser, _ = make(clock, sent)
+    body, headers = browser.get(ALICE, query="tab=1&token=s3cr3t")
+    assert names(sent) == ["session_start", "page_view"]
+    start, view = events(sent)
+    assert start["sessionId"] == view["sessionId"]
+    uuid.UUID(start["eventId"])
+    assert start["eventId"] != view["eventId"]
+    assert view["identifyId"] == "u-1" and view["userType"] == "USER"
+    assert view["accountId"] == "acme" and view["propertyKey"] == KEY
+    assert view["date"] == int(clock.now * 1000)
+    assert view["url"] == "https://app.example/?tab=1&token=%5Bredacted%5D"
+    assert view["attributes"]["status"] == 200 and view["attributes"]["path"] == "/"
+    assert "remoteHost" not in view  # IP only when the app opts in
+    kinds = {kind: body for kind, body in sent if kind != "event"}
+    assert kinds["user"] == {
+        "identifyId": "u-1",
+        "propertyKeys": [KEY],
+        "email": "alice@acme.test",
+        "signUpDate": 1704153600000,  # 2024-01-02T00:00:00Z
+        "accountId": "acme",
+        "customAttributes": {"seats": 5},
+    }
+    assert kinds["account"] == {
+        "id": "acme", "propertyKeys": [KEY], "name": "Acme", "numberOfEmployees": 50
+    }
+    cookie = next(v for n, v in headers if n == "Set-Cookie")
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" in cookie
+    assert b'aptrinsic("identify"' in body
+
+
+def test_session_continues_then_times_out_after_30_minutes(
+    clock: Clock, sent: list[Any]
+) -> None:
+    browser, _ = make(clock, sent)
+    browser.get(ALICE)
+    first_session = events(sent)[0]["sessionId"]
+    clock.advance(29)
+    browser.get(ALICE, "/two")
+    assert names(sent) == ["session_start", "page_view", "page_view"]
+    assert events(sent)[-1]["sessionId"] == first_session
+    upserts = [kind for kind, _ in sent if kind != "event"]
+    assert upserts == ["user", "account"]  # unchanged attributes are not sent again
+
+    clock.advance(30.5)
+    sent.clear()
+    browser.get(ALICE, "/three")
+    assert names(sent) == ["session_end", "session_start", "page_view"]
+    end, start, view = events(sent)
+    assert end["sessionId"] == first_session
+    assert end["attributes"] == {"duration_ms": 29 * 60 * 1000, "pages": 2, "reason": "timeout"}
+    assert end["date"] == int((clock.now - 30.5 * 60) * 1000)  # when activity stopped
+    assert start["sessionId"] == view["sessionId"] != first_session
+    assert [kind for kind, _ in sent if kind != "event"] == []
+
+
+def test_logout_rotates_the_session_and_resets_once(clock: Clock, sent: list[Any]) -> None:
+    browser, _ = make(clock, sent)
+    browser.get(ALICE)
+    visitor_cookie_before = browser.cookie
+    sent.clear()
+    body, _ = browser.get(None)
+    assert names(sent) == ["session_end", "session_start", "page_view"]
+    end, start, view = events(sent)
+    assert end["identifyId"] == "u-1" and end["attributes"]["reason"] == "user_change"
+    assert start["userType"] == "VISITOR" and start["identifyId"] == view["identifyId"]
+    assert body.count(b'aptrinsic("reset")') == 1
+    assert b'"identify"' not in body
+    body, _ = browser.get(None)
+    assert b"reset" not in body
+    assert browser.cookie != visitor_cookie_before
+
+
+def test_switching_user_resets_before_identify(clock: Clock, sent: list[Any]) -> None:
+    browser, _ = make(clock, sent)
+    browser.get(ALICE)
+    bob = Identity(User("u-2"), Account("globex"))
+    body, _ = browser.get(bob)
+    assert body.index(b'"reset"') < body.index(b'"identify"')
+    assert events(sent)[-1]["identifyId"] == "u-2"
+
+
+def test_anonymous_visitors_can_be_left_out(clock: Clock, sent: list[Any]) -> None:
+    browser, _ = make(clock, sent, track_anonymous=False)
+    browser.get(None)
+    assert sent == []
+    browser.get(ALICE)
+    assert names(sent) == ["session_start", "page_view"]
+
+
+def test_privacy_signals_bots_and_public_pages_are_not_tracked(
+    clock: Clock, sent: list[Any]
+) -> None:
+    browser, _ = make(clock, sent, honor_privacy_signals=True)
+    browser.headers["sec-gpc"] = "1"
+    _, headers = browser.get(ALICE)
+    assert sent == [] and not any(n == "Set-Cookie" for n, _ in headers)
+
+    bot, _ = make(clock, sent)
+    bot.headers["user-agent"] = "Googlebot/2.1 (+http://www.google.com/bot.html)"
+    bot.get(None)
+    assert sent == []
+
+    browser, _ = make(clock, sent)
+    _, headers = browser.get(None, response_headers=[*HTML, ("Cache-Control", "public")])
+    assert sent == [] and not any(n == "Set-Cookie" for n, _ in headers)
+
+
+def test_forged_or_garbled_cookie_is_a_new_visitor(clock: Clock, sent: list[Any]) -> None:
+    browser, config = make(clock, sent)
+    browser.get(ALICE)
+    good = browser.cookie
+    assert good
+    for bad in (good[:-2] + "xx", "garbage", "a.b.c", "%00\u00e9", ""):
+        sent.clear()
+        browser.cookie = bad
+        body, _ = browser.get(ALICE)
+        assert names(sent) == ["session_start", "page_view"]
+        assert b'"identify"' in body
+    forged = SessionCookie("someone-else").dump(
+        SessionState("v", "s", clock.now, clock.now, 1, "admin")
+    )
+    assert SessionCookie(config.session_signing_secret or "").load(forged) is None
+
+
+def test_remote_host_only_from_trusted_proxies() -> None:
+    assert client_ip("10.0.0.2", "198.51.100.7", ()) == "10.0.0.2"
+    assert client_ip("10.0.0.2", "198.51.100.7", ("10.0.0.0/8",)) == "198.51.100.7"
+    # A client cannot slip a fake address in front of the real chain.
+    assert client_ip("10.0.0.2", "1.2.3.4, 198.51.100.7, 10.0.0.5", ("10.0.0.0/8",)) == (
+        "198.51.100.7"
+    )
+    assert client_ip(None, "1.2.3.4", ("10.0.0.0/8",)) is None
+
+
+def test_remote_host_is_opt_in(clock: Clock, sent: list[Any]) -> None:
+    browser, _ = make(clock, sent, send_remote_host=True)
+    browser.get(ALICE)
+    assert events(sent)[-1]["remoteHost"] == "203.0.113.9"
+
+
+def test_filter_query_keeps_order_and_redacts_case_insensitively() -> None:
+    assert filter_query("a=1&Token=x&b=&a=2", ("token",)) == "a=1&Token=%5Bredacted%5D&b=&a=2"
+
+
+def test_advance_rules() -> None:
+    first = advance(None, now=0.0, user_id=None, timeout=1800).state
+    same = advance(first, now=1800.0, user_id=None, timeout=1800)
+    assert not same.started and same.state.pages == 2
+    later = advance(same.state, now=3600.5, user_id=None, timeout=1800)
+    assert later.started and later.end_reason == "timeout"
+    assert later.state.visitor_id == first.visitor_id
+    login = advance(later.state, now=3601.0, user_id="u", timeout=1800)
+    assert login.end_reason == "user_change" and not login.state.reset_pending
+    logout = advance(login.state, now=3602.0, user_id=None, timeout=1800)
+    assert logout.state.reset_pending
