@@ -20,8 +20,9 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest || [ $$? -eq 5 ]
 
+# make demo APP=starlette (or fastapi) runs the ASGI example instead of Flask.
 demo: $(STAMP)
-	$(BIN)/python -m examples.demo
+	$(BIN)/python -m examples.demo $(APP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
