@@ -1,0 +1,39 @@
+"""PX's error body, ``{"externalapierror": {"status": ..., "subErrors": [...]}}``.
+
+Every error the stand-in answers uses this shape, so client code that parses PX's
+messages (to log why an event was dropped) is exercised against the real format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+
+class ApiError(Exception):
+    """An error answered to the client; raised anywhere inside a request handler."""
+
+    def __init__(
+        self, status: int, messages: str | Sequence[str], headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.status = status
+        self.messages = [messages] if isinstance(messages, str) else list(messages)
+        self.headers = dict(headers or {})
+        super().__init__(f"{status}: {'; '.join(self.messages)}")
+
+
+def error_body(status: int, messages: Sequence[str]) -> dict[str, Any]:
+    return {
+        "externalapierror": {
+            "status": status,
+            "subErrors": [{"message": message} for message in messages],
+        }
+    }
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(
+        error_body(error.status, error.messages), status_code=error.status, headers=error.headers
+    )

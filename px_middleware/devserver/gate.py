@@ -1,0 +1,146 @@
+"""The front door of ``/v1``: injected faults, API key, rate limit and the request log.
+
+It wraps the whole Starlette app rather than sitting inside it as Starlette
+middleware, so that ``send`` is the server's own and an injected connection drop is
+a real one: the client sees the socket close with no response at all, exactly what
+a retrying sender has to cope with when PX's load balancer drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import threading
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from px_middleware.devserver.errors import ApiError, error_response
+from px_middleware.devserver.faults import Failure, Faults
+from px_middleware.devserver.store import Store
+
+API_KEY_HEADER = b"x-aptrinsic-api-key"
+
+
+class TokenBucket:
+    """``rate`` requests per second on average, bursts of up to ``rate`` at once."""
+
+    def __init__(self, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive (requests per second)")
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self._lock = threading.Lock()
+        self.refill()
+
+    def refill(self) -> None:
+        with self._lock:
+            self._tokens = self.capacity
+            self._last = time.monotonic()
+
+    def try_acquire(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+            return False
+
+
+def is_api_path(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
+class ApiGate:
+    def __init__(
+        self, app: ASGIApp, *, store: Store, faults: Faults, bucket: TokenBucket, api_key: str
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.faults = faults
+        self.bucket = bucket
+        self._api_key = api_key.encode("utf-8")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_api_path(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        status: int | None = None
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._gate(scope, receive, recording_send, send)
+        finally:
+            query = scope.get("query_string", b"").decode("latin-1")
+            self.store.log_request(scope["method"], scope["path"], query, status)
+
+    async def _gate(self, scope: Scope, receive: Receive, send: Send, server_send: Send) -> None:
+        latency = self.faults.plan.latency_ms
+        if latency:
+            await asyncio.sleep(latency / 1000)
+        fault = self.faults.take()
+        if fault == "close":
+            await _drop_connection(receive, server_send)
+            return
+        error: ApiError | None = None
+        if isinstance(fault, Failure):
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+            error = ApiError(fault.status, f"injected fault: {fault.status}", headers)
+        elif not self._authorized(scope):
+            error = ApiError(401, "missing or unknown X-APTRINSIC-API-KEY header")
+        elif not self.bucket.try_acquire():
+            error = ApiError(
+                429,
+                f"rate limit exceeded: at most {self.bucket.rate:g} requests per second",
+                {"Retry-After": "1"},
+            )
+        if error is not None:
+            await error_response(error)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name.lower() == API_KEY_HEADER:
+                return hmac.compare_digest(value, self._api_key)
+        return False
+
+
+async def _drop_connection(receive: Receive, send: Send) -> None:
+    # Read the whole request first: closing a socket with unread input makes the
+    # kernel answer RST, and the client error would then depend on timing.
+    message = await _read_body(receive)
+    # uvicorn's ``send`` is a bound method of the request cycle, which owns the
+    # transport; closing it ends the connection without a byte of response.
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if isinstance(transport, asyncio.BaseTransport):
+        transport.close()
+        # Wait until the server has seen the close, or it would answer 500 for us.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(_until_disconnect(receive, message), timeout=5)
+        return
+    # Another server: promise a body and never send it; the client sees a truncated
+    # response (a protocol error) rather than a status it might act on.
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1")]}
+    )
+
+
+async def _read_body(receive: Receive) -> Message:
+    message = await receive()
+    while message["type"] == "http.request" and message.get("more_body", False):
+        message = await receive()
+    return message
+
+
+async def _until_disconnect(receive: Receive, message: Message) -> None:
+    while message["type"] != "http.disconnect":
+        message = await receive()

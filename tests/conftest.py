@@ -1,0 +1,3 @@
+"""Fixtures shared by the whole suite: the local PX stand-in (``devserver``)."""
+
+pytest_plugins = ["tests.support.devserver"]
