@@ -1,0 +1,71 @@
+"""One :class:`Delivery` per process and configuration, shut down when the process ends.
+
+``get_delivery(config)`` is what the middleware calls. Instances live in a module-level
+registry; after ``fork()`` each one resets itself in the child (see ``Delivery``), so a
+gunicorn ``--preload`` master can create them before forking workers.
+
+Exit hooks: ``atexit`` (registered on first use) and, for gunicorn, whose workers should
+drain before the arbiter's graceful timeout, a ``worker_exit`` hook::
+
+    # gunicorn.conf.py
+    from px_middleware.delivery import gunicorn_worker_exit as worker_exit
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+from typing import Any
+
+from px_middleware.config import PXConfig
+from px_middleware.delivery.sender import Delivery
+
+#: Seconds a process may spend delivering what is left when it exits.
+EXIT_TIMEOUT = 5.0
+
+_registry: dict[tuple[str, str, str | None], Delivery] = {}
+_lock = threading.Lock()
+_atexit_registered = False
+
+
+def _key(config: PXConfig) -> tuple[str, str, str | None]:
+    return (config.rest_url, config.api_key or "", config.outbox_path)
+
+
+def get_delivery(config: PXConfig) -> Delivery:
+    """The process's ``Delivery`` for this API URL, API key and outbox path."""
+    key = _key(config)
+    delivery = _registry.get(key)
+    if delivery is not None and not delivery.closed:
+        return delivery
+    global _atexit_registered
+    with _lock:
+        delivery = _registry.get(key)
+        if delivery is None or delivery.closed:
+            delivery = _registry[key] = Delivery(config)
+        if not _atexit_registered:
+            atexit.register(shutdown_all, EXIT_TIMEOUT)
+            _atexit_registered = True
+    return delivery
+
+
+def shutdown_all(timeout: float = EXIT_TIMEOUT) -> None:
+    """Shut every registered ``Delivery`` down, all within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    for delivery in list(_registry.values()):
+        delivery.shutdown(max(deadline - time.monotonic(), 0.0))
+
+
+def gunicorn_worker_exit(server: Any, worker: Any) -> None:
+    """gunicorn ``worker_exit`` hook: deliver what the worker captured before it exits."""
+    shutdown_all(EXIT_TIMEOUT)
+
+
+def _reset_lock() -> None:
+    global _lock
+    _lock = threading.Lock()  # a thread of the parent may have held it during fork()
+
+
+os.register_at_fork(after_in_child=_reset_lock)

@@ -1,0 +1,377 @@
+"""``Delivery`` against a real HTTP server on 127.0.0.1 (the ``StubPX`` of test_rest).
+
+No mocks and no sleeps standing in for synchronisation: tests wait with ``flush`` or
+poll with deadlines. Backoff is shortened (``retry_cap``) except where the wait itself
+is what is tested.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from px_middleware.config import PXConfig
+from px_middleware.delivery import Delivery, SQLiteOutbox, get_delivery, shutdown_all
+from tests.test_rest import API_KEY, Fault, StubPX, px_error
+
+PRODUCT_KEY = "AP-TESTTESTTEST-2"
+FAST: dict[str, Any] = {"retry_base": 0.02, "retry_cap": 0.2}
+
+
+def make_config(url: str, **overrides: Any) -> PXConfig:
+    overrides.setdefault("api_key", API_KEY)
+    return PXConfig(product_key=PRODUCT_KEY, api_url=url, **overrides)
+
+
+def event(n: int = 0, session: str | None = "s1", **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "eventName": "test_event",
+        "identifyId": "u1",
+        "propertyKey": PRODUCT_KEY,
+        "eventId": str(uuid.uuid4()),
+        "date": 1_700_000_000_000 + n,
+        "attributes": {"seq": n},
+        **extra,
+    }
+    if session is not None:
+        body["sessionId"] = session
+    return body
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # nothing listens there now: connections are refused at once
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def stub() -> Iterator[StubPX]:
+    server = StubPX().start()
+    yield server
+    server.gate.set()
+    server.stop()
+
+
+@pytest.fixture
+def make_delivery() -> Iterator[Callable[..., Delivery]]:
+    created: list[Delivery] = []
+
+    def factory(config: PXConfig, **kwargs: Any) -> Delivery:
+        for key, value in FAST.items():
+            kwargs.setdefault(key, value)
+        delivery = Delivery(config, **kwargs)
+        created.append(delivery)
+        return delivery
+
+    yield factory
+    for delivery in created:
+        delivery.shutdown(1.0)
+
+
+def seq_by_session(events: list[dict[str, Any]]) -> dict[str, list[int]]:
+    order: dict[str, list[int]] = {}
+    for e in events:
+        order.setdefault(e.get("sessionId", ""), []).append(e["attributes"]["seq"])
+    return order
+
+
+# -- the happy path -------------------------------------------------------------------------
+def test_events_arrive_exactly_once_in_batches_in_order(
+    stub: StubPX, make_delivery: Callable[..., Delivery]
+) -> None:
+    delivery = make_delivery(make_config(stub.url))
+    sent = [event(n, session=f"s{n % 5}") for n in range(450)]
+    sent += [event(450 + n, session=None) for n in range(50)]
+    assert all(delivery.capture("event", body) for body in sent)
+    assert delivery.flush(10.0)
+    ids = [e["eventId"] for e in stub.events]
+    assert sorted(ids) == sorted(b["eventId"] for b in sent)  # all, and each once
+    for session, seqs in seq_by_session(stub.events).items():
+        if session:
+            assert seqs == sorted(seqs), session
+    batches = [r.body for r in stub.received]
+    assert max(len(b) if isinstance(b, list) else 1 for b in batches) > 1
+    assert all(len(b) <= 100 for b in batches if isinstance(b, list))
+    counts = delivery.counters()
+    assert counts["captured"] == counts["sent"] == 500
+    assert counts["queue_depth"] == 0
+    assert counts["requests"] == len(stub.received)
+
+
+def test_upserts_users_and_accounts(stub: StubPX, make_delivery: Callable[..., Delivery]) -> None:
+    delivery = make_delivery(make_config(stub.url))
+    delivery.capture("user", {"identifyId": "u1", "email": "a@example.com"})
+    delivery.capture("account", {"id": "acme", "name": "Acme"})
+    delivery.capture("user", {"identifyId": "u1", "firstName": "Ada"})  # after the first
+    delivery.capture("user", {"identifyId": "team/7", "role": "x"})  # unsafe id
+    assert delivery.flush(10.0)
+    assert stub.users["u1"] == {"identifyId": "u1", "email": "a@example.com", "firstName": "Ada"}
+    assert stub.users["team/7"] == {"identifyId": "team/7", "role": "x"}
+    assert stub.accounts["acme"] == {"id": "acme", "name": "Acme"}
+    assert delivery.counters()["sent"] == 4
+
+
+def test_event_without_event_id_gets_one(
+    stub: StubPX, make_delivery: Callable[..., Delivery]
+) -> None:
+    delivery = make_delivery(make_config(stub.url))
+    body = event()
+    del body["eventId"]
+    delivery.capture("event", body)
+    assert delivery.flush(5.0)
+    assert uuid.UUID(stub.events[0]["eventId"])
+
+
+# -- retries --------------------------------------------------------------------------------
+def test_server_errors_are_retried(stub: StubPX, make_delivery: Callable[..., Delivery]) -> None:
+    stub.fail_next(2, Fault(500, body=px_error(500, "boom")))
+    stub.fail_next(1, Fault(close=True))  # a dropped connection: no answer at all
+    delivery = make_delivery(make_config(stub.url))
+    body = event()
+    delivery.capture("event", body)
+    assert delivery.flush(10.0)
+    assert [e["eventId"] for e in stub.events] == [body["eventId"]]
+    assert [r.status for r in stub.received] == [500, 500, 201]
+    counts = delivery.counters()
+    assert counts["retried"] == 3
+    assert counts["sent"] == 1
+
+
+def test_429_retry_after_is_honoured(stub: StubPX, make_delivery: Callable[..., Delivery]) -> None:
+    stub.fail_next(1, Fault(429, headers={"Retry-After": "1"}, body=px_error(429, "slow down")))
+    # The default cap (30 s): the server's wait must not be cut short.
+    delivery = make_delivery(make_config(stub.url), retry_base=0.5, retry_cap=30.0)
+    delivery.capture("event", event())
+    assert delivery.flush(10.0)
+    first, second = stub.received
+    assert (first.status, second.status) == (429, 201)
+    # Arrival times at the server: the retry came at least the asked second later.
+    assert second.at - first.at >= 1.0
+    assert len(stub.events) == 1
+
+
+def test_429_pauses_every_lane(stub: StubPX, make_delivery: Callable[..., Delivery]) -> None:
+    stub.fail_next(1, Fault(429, headers={"Retry-After": "1"}))
+    delivery = make_delivery(make_config(stub.url, concurrency=4), retry_cap=30.0)
+    delivery.capture("event", event(0, session="a"))
+    wait_until(lambda: delivery.counters()["retried"] == 1)
+    for n in range(1, 40):  # other sessions, so other lanes: they hold back too
+        delivery.capture("event", event(n, session=f"s{n}"))
+    assert delivery.flush(10.0)
+    rejected = stub.received[0]
+    assert rejected.status == 429
+    assert all(r.at - rejected.at >= 1.0 for r in stub.received[1:])
+    assert len(stub.events) == 40
+
+
+# -- rejections -----------------------------------------------------------------------------
+def test_bad_event_is_dropped_and_its_batch_mates_arrive(
+    stub: StubPX, make_delivery: Callable[..., Delivery], caplog: pytest.LogCaptureFixture
+) -> None:
+    stub.gate.clear()
+    delivery = make_delivery(make_config(stub.url, concurrency=1))
+    delivery.capture("event", event(0))
+    wait_until(lambda: not delivery._buffer and delivery.counters()["queue_depth"] == 1)
+    bodies = [event(n) for n in range(1, 11)]
+    del bodies[4]["eventName"]
+    for body in bodies:
+        delivery.capture("event", body)
+    with caplog.at_level(logging.WARNING, logger="px_middleware.delivery"):
+        stub.gate.set()
+        assert delivery.flush(10.0)
+    assert sorted(e["attributes"]["seq"] for e in stub.events) == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
+    assert len(stub.events) == 10  # each once
+    batch = stub.received[1]
+    assert batch.status == 400 and isinstance(batch.body, list) and len(batch.body) == 10
+    counts = delivery.counters()
+    assert counts["dropped_rejected"] == 1
+    assert counts["sent"] == 10
+    assert bodies[4]["eventId"] in caplog.text
+    assert "PX API 400: eventName is required" in caplog.text
+
+
+def test_wrong_api_key_drops_without_splitting(
+    stub: StubPX, make_delivery: Callable[..., Delivery]
+) -> None:
+    stub.gate.clear()
+    delivery = make_delivery(make_config(stub.url, api_key="wrong", concurrency=1))
+    delivery.capture("event", event(0))
+    wait_until(lambda: not delivery._buffer and delivery.counters()["queue_depth"] == 1)
+    for n in range(1, 6):
+        delivery.capture("event", event(n))
+    stub.gate.set()
+    assert delivery.flush(10.0)
+    assert [r.status for r in stub.received] == [401, 401]
+    assert delivery.counters()["dropped_auth"] == 6
+
+
+def test_invalid_items_are_dropped_and_counted(
+    stub: StubPX, make_delivery: Callable[..., Delivery]
+) -> None:
+    delivery = make_delivery(make_config(stub.url))
+    assert not delivery.capture("page", {})
+    assert delivery.capture("event", event(1, attributes={"x": object()}))  # not JSON
+    assert delivery.capture("event", event(2, attributes={"x": math.nan}))  # not JSON either
+    assert delivery.capture("user", {"email": "no-id@example.com"})
+    assert delivery.capture("event", "not a dict")  # type: ignore[arg-type]
+    assert delivery.capture("event", event(3))
+    assert delivery.flush(5.0)
+    counts = delivery.counters()
+    assert counts["dropped_invalid"] == 5
+    assert counts["sent"] == 1
+
+
+# -- bounds ---------------------------------------------------------------------------------
+def test_overflow_drops_newest_and_counts(
+    stub: StubPX, make_delivery: Callable[..., Delivery]
+) -> None:
+    stub.gate.clear()
+    delivery = make_delivery(make_config(stub.url, max_queue_events=10))
+    accepted = [delivery.capture("event", event(n)) for n in range(50)]
+    counts = delivery.counters()
+    assert accepted[:10] == [True] * 10
+    assert counts["captured"] == sum(accepted)
+    stub.gate.set()
+    assert delivery.flush(10.0)
+    counts = delivery.counters()
+    assert 10 <= counts["sent"] <= 20  # a racing capture may slip in; the outbox still bounds it
+    assert counts["sent"] + counts["dropped_overflow"] == 50
+    assert len(stub.events) == counts["sent"]
+    # Drop newest: what arrived are the first ones captured.
+    assert sorted(e["attributes"]["seq"] for e in stub.events) == list(range(counts["sent"]))
+
+
+# -- deadlines ------------------------------------------------------------------------------
+def test_flush_and_shutdown_keep_their_deadline_when_px_is_unreachable(
+    make_delivery: Callable[..., Delivery],
+) -> None:
+    delivery = make_delivery(make_config(f"http://127.0.0.1:{closed_port()}/v1"))
+    for n in range(5):
+        delivery.capture("event", event(n))
+    started = time.monotonic()
+    assert delivery.flush(0.5) is False
+    assert time.monotonic() - started < 2.5
+    started = time.monotonic()
+    delivery.shutdown(1.0)
+    assert time.monotonic() - started < 3.0
+    counts = delivery.counters()
+    assert counts["retried"] > 0
+    assert counts["dropped_shutdown"] == 5  # memory only: lost, but counted
+    assert not delivery.capture("event", event(9))
+    assert delivery.counters()["dropped_closed"] == 1
+
+
+def test_shutdown_keeps_its_deadline_when_px_hangs(
+    stub: StubPX, make_delivery: Callable[..., Delivery]
+) -> None:
+    stub.gate.clear()  # accepts connections, never answers
+    delivery = make_delivery(make_config(stub.url, request_timeout=30.0))
+    delivery.capture("event", event())
+    wait_until(lambda: delivery.counters()["queue_depth"] == 1 and not delivery._buffer)
+    started = time.monotonic()
+    delivery.shutdown(1.0)
+    assert time.monotonic() - started < 3.0
+
+
+def test_flush_without_captures_is_immediate(make_delivery: Callable[..., Delivery]) -> None:
+    delivery = make_delivery(make_config(f"http://127.0.0.1:{closed_port()}/v1"))
+    assert delivery.flush(0.0)
+    delivery.shutdown(0.0)
+
+
+# -- durable outbox ---------------------------------------------------------------------------
+def test_sqlite_outbox_keeps_unsent_events_for_the_next_process(
+    stub: StubPX, make_delivery: Callable[..., Delivery], tmp_path: Path
+) -> None:
+    path = str(tmp_path / "outbox.sqlite3")
+    down = make_delivery(make_config(f"http://127.0.0.1:{closed_port()}/v1", outbox_path=path))
+    bodies = [event(n) for n in range(20)]
+    for body in bodies:
+        down.capture("event", body)
+    assert down.flush(0.3) is False
+    down.shutdown(1.0)
+    assert down.counters()["dropped_shutdown"] == 0
+    assert SQLiteOutbox(path).size() == 20  # released, ready for the next process
+    up = make_delivery(make_config(stub.url, outbox_path=path))
+    up.capture("event", event(20))
+    assert up.flush(10.0)
+    wait_until(lambda: len(stub.events) >= 21)
+    assert sorted(e["attributes"]["seq"] for e in stub.events) == list(range(21))
+    assert up.counters()["outbox_size"] == 0
+
+
+# -- fork -----------------------------------------------------------------------------------
+def test_forked_child_sends_its_own_events_only(
+    stub: StubPX, make_delivery: Callable[..., Delivery]
+) -> None:
+    delivery = make_delivery(make_config(stub.url))
+    delivery.capture("event", event(0, session="parent"))
+    assert delivery.flush(5.0)
+    stub.gate.clear()  # the parent's next event is in flight during the fork
+    delivery.capture("event", event(1, session="parent"))
+    wait_until(lambda: delivery.counters()["queue_depth"] == 1 and not delivery._buffer)
+    pid = os.fork()
+    if pid == 0:  # the child: uses the inherited object, as a gunicorn worker would
+        code = 1
+        try:
+            ok = all(delivery.capture("event", event(n, session="child")) for n in range(2, 7))
+            code = 0 if ok and delivery.flush(10.0) else 1
+        finally:
+            os._exit(code)
+    stub.gate.set()  # the server runs in this process's threads
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert delivery.flush(10.0)
+    assert sorted(e["attributes"]["seq"] for e in stub.events) == list(range(7))
+
+
+# -- the per-process registry -------------------------------------------------------------------
+def test_get_delivery_is_one_per_config(stub: StubPX) -> None:
+    config = make_config(stub.url)
+    first = get_delivery(config)
+    try:
+        assert get_delivery(make_config(stub.url)) is first
+        other = get_delivery(make_config(stub.url, api_key="another"))
+        assert other is not first
+        first.capture("event", event())
+        shutdown_all(2.0)
+        assert first.closed and other.closed
+        assert len(stub.events) == 1
+        assert get_delivery(config) is not first  # a closed one is replaced
+    finally:
+        shutdown_all(1.0)
+
+
+def test_counters_have_stable_names(make_delivery: Callable[..., Delivery]) -> None:
+    delivery = make_delivery(make_config(f"http://127.0.0.1:{closed_port()}/v1"))
+    assert set(delivery.counters()) == {
+        "captured",
+        "sent",
+        "retried",
+        "requests",
+        "dropped_overflow",
+        "dropped_rejected",
+        "dropped_auth",
+        "dropped_invalid",
+        "dropped_closed",
+        "dropped_shutdown",
+        "queue_depth",
+        "outbox_size",
+    }

@@ -1,0 +1,324 @@
+"""Delivery policies and storage on their own: retry tables, token bucket, outboxes."""
+
+from __future__ import annotations
+
+import email.utils
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from px_middleware.delivery.outbox import Entry, MemoryOutbox, SQLiteOutbox
+from px_middleware.delivery.ratelimit import DAY, TokenBucket
+from px_middleware.delivery.retry import backoff, classify, parse_retry_after, retry_delay
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+# -- retry ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (None, "retry"),
+        (200, "ok"),
+        (201, "ok"),
+        (204, "ok"),
+        (301, "drop"),
+        (400, "drop"),
+        (401, "drop"),
+        (403, "drop"),
+        (404, "drop"),
+        (408, "retry"),
+        (409, "drop"),
+        (413, "drop"),
+        (422, "drop"),
+        (429, "retry"),
+        (500, "retry"),
+        (502, "retry"),
+        (503, "retry"),
+        (504, "retry"),
+        (599, "retry"),
+    ],
+)
+def test_classify(status: int | None, outcome: str) -> None:
+    assert classify(status) == outcome
+
+
+@pytest.mark.parametrize(
+    ("attempt", "ceiling"),
+    [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (6, 16.0), (7, 30.0), (50, 30.0), (10**6, 30.0)],
+)
+def test_backoff_is_exponential_full_jitter_capped(attempt: int, ceiling: float) -> None:
+    assert backoff(attempt, rng=lambda: 1.0) == ceiling
+    assert backoff(attempt, rng=lambda: 0.5) == ceiling / 2
+    assert backoff(attempt, rng=lambda: 0.0) == 0.0
+
+
+def test_backoff_custom_base_and_cap() -> None:
+    assert backoff(3, base=0.1, cap=0.25, rng=lambda: 1.0) == 0.25
+    assert backoff(2, base=0.1, cap=5, rng=lambda: 1.0) == pytest.approx(0.2)
+
+
+NOW = 1_700_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        (None, None),
+        ("", None),
+        ("  ", None),
+        ("0", 0.0),
+        ("1", 1.0),
+        ("120", 120.0),
+        (" 2.5 ", 2.5),
+        ("-3", 0.0),
+        ("soon", None),
+        ("nan", None),
+        ("inf", None),
+        (email.utils.formatdate(NOW + 42, usegmt=True), 42.0),
+        (email.utils.formatdate(NOW - 42, usegmt=True), 0.0),
+        ("Wed, 21 Oct 2015 07:28:00", None),  # no zone: not an HTTP-date
+    ],
+)
+def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(header, now=NOW) == seconds
+
+
+@pytest.mark.parametrize(
+    ("attempt", "retry_after", "expected"),
+    [
+        (1, None, 0.5),  # backoff (rng fixed at 1.0)
+        (1, 3.0, 3.0),  # the server's wait wins, even above the backoff
+        (9, 1.0, 1.0),  # ...and below it
+        (1, 0.0, 0.0),
+        (1, 120.0, 30.0),  # capped per attempt
+    ],
+)
+def test_retry_delay(attempt: int, retry_after: float | None, expected: float) -> None:
+    assert retry_delay(attempt, retry_after, rng=lambda: 1.0) == expected
+
+
+# -- token bucket -----------------------------------------------------------------------------
+def test_token_bucket_rate_and_burst() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(10, burst=3, clock=clock)
+    assert [bucket.try_acquire() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.try_acquire() == pytest.approx(0.1)
+    clock.advance(0.05)
+    assert bucket.try_acquire() == pytest.approx(0.05)
+    clock.advance(0.05)
+    assert bucket.try_acquire() == 0.0
+    clock.advance(100)  # idle time refills up to the burst only
+    assert [bucket.try_acquire() == 0.0 for _ in range(4)] == [True, True, True, False]
+
+
+def test_token_bucket_sustained_rate() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(200, clock=clock)
+    granted = 0
+    for _ in range(10_000):  # 10 simulated seconds in 1 ms steps
+        while bucket.try_acquire() == 0.0:
+            granted += 1
+        clock.advance(0.001)
+    assert 200 * 10 <= granted <= 200 * 10 + 200  # the rate, plus the initial burst
+
+
+def test_token_bucket_daily_budget() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(1000, daily_budget=5, clock=clock)
+    assert [bucket.try_acquire() for _ in range(5)] == [0.0] * 5
+    assert bucket.try_acquire() == pytest.approx(DAY)
+    clock.advance(DAY - 10)
+    assert bucket.try_acquire() == pytest.approx(10)
+    clock.advance(10)
+    assert bucket.try_acquire() == 0.0  # a new day
+
+
+def test_token_bucket_acquire_with_fake_sleep() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(2, burst=1, clock=clock)
+    assert bucket.acquire(0, sleep=clock.advance)
+    assert not bucket.acquire(0.1, sleep=clock.advance)
+    assert bucket.acquire(1.0, sleep=clock.advance)
+    assert clock.now == pytest.approx(1000.5)
+
+
+def test_token_bucket_is_thread_safe() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(1, burst=1000, clock=clock)
+    granted: list[int] = []
+
+    def worker() -> None:
+        granted.append(sum(bucket.try_acquire() == 0.0 for _ in range(500)))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(granted) == 1000
+
+
+def test_token_bucket_validates() -> None:
+    with pytest.raises(ValueError):
+        TokenBucket(0)
+    with pytest.raises(ValueError):
+        TokenBucket(1, daily_budget=0)
+
+
+# -- memory outbox ----------------------------------------------------------------------------
+def entries(n: int, size: int = 10, start: int = 0) -> list[Entry]:
+    return [Entry("event", f"s{i % 3}", b"x" * size) for i in range(start, start + n)]
+
+
+def test_memory_outbox_claim_ack_release() -> None:
+    box = MemoryOutbox()
+    ids = box.put_many(entries(5))
+    assert ids == [1, 2, 3, 4, 5]
+    first = box.claim(2)
+    assert [i.id for i in first] == [1, 2]
+    assert [i.id for i in box.claim(2)] == [3, 4]
+    box.ack([1])
+    box.release([2, 3])
+    assert box.size() == 4
+    assert [i.id for i in box.claim(10)] == [2, 3, 5]  # released ones first, in order
+    box.ack([2, 3, 4, 5])
+    assert box.size() == 0
+    assert box.claim(1) == []
+
+
+def test_memory_outbox_overflow_drops_newest() -> None:
+    box = MemoryOutbox(max_events=3, max_bytes=1024)
+    assert box.put_many(entries(5)) == [1, 2, 3, None, None]
+    box.ack([i.id for i in box.claim(1)])
+    assert box.put_many(entries(2)) == [4, None]
+    by_bytes = MemoryOutbox(max_events=100, max_bytes=1024)
+    assert by_bytes.put_many(entries(3, size=400)) == [1, 2, None]
+    assert by_bytes.put_many(entries(1, size=200)) == [3]  # smaller ones still fit
+
+
+def test_memory_outbox_fork_is_empty() -> None:
+    box = MemoryOutbox(7, 2048)
+    box.put_many(entries(3))
+    child = box.fork()
+    assert child.size() == 0
+    assert (child.max_events, child.max_bytes) == (7, 2048)
+
+
+# -- SQLite outbox ----------------------------------------------------------------------------
+def test_sqlite_outbox_roundtrip_and_persistence(tmp_path: Path) -> None:
+    path = str(tmp_path / "outbox.sqlite3")
+    box = SQLiteOutbox(path)
+    ids = box.put_many([Entry("user", "user:u1", b'{"identifyId":"u1"}'), *entries(3)])
+    assert ids == [1, 2, 3, 4]
+    claimed = box.claim(2)
+    assert claimed[0].kind == "user" and claimed[0].data == b'{"identifyId":"u1"}'
+    box.ack([claimed[0].id])
+    box.release([claimed[1].id])
+    box.close()
+    again = SQLiteOutbox(path)  # a restarted process
+    assert again.size() == 3
+    assert [i.id for i in again.claim(10)] == [2, 3, 4]
+    row = again._db.execute("PRAGMA journal_mode").fetchone()
+    assert row[0] == "wal"
+    again.close()
+
+
+def test_sqlite_outbox_claims_are_exclusive(tmp_path: Path) -> None:
+    path = str(tmp_path / "outbox.sqlite3")
+    a, b = SQLiteOutbox(path), SQLiteOutbox(path)
+    a.put_many(entries(10))
+    got_a = a.claim(4)
+    got_b = b.claim(100)
+    assert [i.id for i in got_a] == [1, 2, 3, 4]
+    assert [i.id for i in got_b] == [5, 6, 7, 8, 9, 10]
+    assert b.claim(100) == []
+    b.release([5, 6])
+    b.release([1])  # not b's claim: ignored
+    assert [i.id for i in a.claim(100)] == [5, 6]
+    a.close()
+    b.close()
+
+
+def test_sqlite_outbox_lease_expires_and_renews(tmp_path: Path) -> None:
+    path = str(tmp_path / "outbox.sqlite3")
+    clock = FakeClock(NOW)
+    a = SQLiteOutbox(path, lease=30, clock=clock)
+    b = SQLiteOutbox(path, lease=30, clock=clock)
+    a.put_many(entries(2))
+    assert len(a.claim(1)) == 1
+    clock.advance(20)
+    a.renew()
+    clock.advance(20)  # 40 s after the claim, 20 s after the renewal
+    assert [i.id for i in b.claim(10)] == [2]
+    clock.advance(11)  # a's lease has lapsed (a crashed without releasing)
+    assert [i.id for i in b.claim(10)] == [1]
+    a.close()
+    b.close()
+
+
+def test_sqlite_outbox_reaps_claims_of_dead_processes(tmp_path: Path) -> None:
+    path = str(tmp_path / "outbox.sqlite3")
+    box = SQLiteOutbox(path)
+    box.put_many(entries(3))
+    box.close()
+    # Another process claims everything and dies without releasing (lease: one hour).
+    script = (
+        "import sys; from px_middleware.delivery.outbox import SQLiteOutbox\n"
+        "box = SQLiteOutbox(sys.argv[1], lease=3600)\n"
+        "assert len(box.claim(10)) == 3\n"
+        "import os; os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, path], check=True, timeout=30)
+    restarted = SQLiteOutbox(path, lease=3600)
+    assert [i.id for i in restarted.claim(10)] == [1, 2, 3]
+    restarted.close()
+
+
+def test_sqlite_outbox_overflow_drops_newest(tmp_path: Path) -> None:
+    box = SQLiteOutbox(str(tmp_path / "o.sqlite3"), max_events=3)
+    assert box.put_many(entries(5)) == [1, 2, 3, None, None]
+    box.ack([i.id for i in box.claim(2)])
+    assert box.put_many(entries(3)) == [4, 5, None]
+    box.close()
+
+
+def test_sqlite_outbox_ids_are_never_reused(tmp_path: Path) -> None:
+    box = SQLiteOutbox(str(tmp_path / "o.sqlite3"))
+    box.put_many(entries(2))
+    box.ack([1, 2])
+    assert box.put_many(entries(1)) == [3]
+    box.close()
+
+
+def test_sqlite_outbox_concurrent_claimers_never_share(tmp_path: Path) -> None:
+    path = str(tmp_path / "o.sqlite3")
+    SQLiteOutbox(path).put_many(entries(600))
+    boxes = [SQLiteOutbox(path) for _ in range(3)]
+    seen: list[list[int]] = [[] for _ in boxes]
+
+    def drain(n: int) -> None:
+        while items := boxes[n].claim(7):
+            seen[n].extend(i.id for i in items)
+            boxes[n].ack([i.id for i in items])
+
+    threads = [threading.Thread(target=drain, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    flat = [i for ids in seen for i in ids]
+    assert sorted(flat) == list(range(1, 601))
+    assert boxes[0].size() == 0
