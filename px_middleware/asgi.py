@@ -1,6 +1,6 @@
 """``PXAsgiMiddleware``: the PX snippet for any ASGI app (Starlette, FastAPI, ...).
 
-    app.add_middleware(PXAsgiMiddleware, config=PXConfig.from_env(), identify=fn)
+    app.add_middleware(PXAsgiMiddleware, config=PXConfig.from_env())
 
 A pure ASGI middleware in the style of starlette's ``GZipMiddleware``: per-request
 state lives in ``__call__``'s locals, every decision is the core's (``Exchange``).
@@ -8,11 +8,13 @@ state lives in ``__call__``'s locals, every decision is the core's (``Exchange``
 * ``lifespan``, ``websocket`` and responses that will not get the snippet pass
   through message for message, untouched;
 * ``http.response.start`` is held only until the injector has decided (at most
-  64 KiB of body), so ``Content-Length`` can be recomputed before it goes out;
-* ``http.response.pathsend``, trailers and unknown messages are forwarded as they
-  are (a body we never see is never injected);
+  64 KiB of body), so ``Content-Length`` can be recomputed before it goes out; from
+  then on every message is forwarded as it comes;
+* ``http.response.pathsend``, ``zerocopysend``, trailers and unknown messages are
+  forwarded as they are (a body we never see is never injected);
 * ``identify(request)`` may be async; it runs once, at response start, when
-  ``scope["user"]``, ``scope["session"]`` and ``scope["state"]`` are set;
+  ``scope["user"]``, ``scope["session"]`` and ``scope["state"]`` are set. Without
+  one, ``px_middleware.starlette.default_identify`` finds the user;
 * an exception of ours is logged and the original messages go through unchanged;
   an exception of the app propagates exactly as it would without us.
 """
@@ -31,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from px_middleware.config import PXConfig
 from px_middleware.exchange import SEEN_KEY, SET_USER_KEY, SKIP_KEY, Counters, Exchange
 from px_middleware.identity import as_identity
+from px_middleware.starlette import default_identify, scope_nonce
 
 log = logging.getLogger("px_middleware")
 
@@ -46,12 +49,24 @@ def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
+async def _resolve(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
 class PXAsgiMiddleware:
     """Inject the PX tag and ``identify`` call into an ASGI app's HTML pages.
 
     ``identify(request)`` gets a starlette ``Request`` (sync or ``async def``) and
-    returns an ``Identity``, a ``User`` or ``None``. ``csp_nonce(request)``, when
-    given, must return the page's nonce; without one the page is left alone.
+    returns an ``Identity``, a ``User`` or ``None``; it defaults to
+    ``px_middleware.starlette.default_identify`` (``request.state.px_identity``, then
+    an authenticated ``scope["user"]``, then ``scope["session"]["user_id"]``).
+
+    ``csp_nonce(request)`` (sync or async) returns the page's CSP nonce. With
+    ``nonce_required`` (the default) a ``None`` leaves the page alone (fail closed);
+    with ``nonce_required=False`` it only means "no nonce from here". Without
+    ``csp_nonce``, ``request.state.csp_nonce`` is used when the app set one. Either
+    way a nonce in the response's ``Content-Security-Policy`` header is found by the
+    core when the policy needs one.
     """
 
     def __init__(
@@ -61,11 +76,13 @@ class PXAsgiMiddleware:
         identify: IdentifyFn | None = None,
         *,
         csp_nonce: NonceFn | None = None,
+        nonce_required: bool = True,
     ) -> None:
         self.app = app
         self.config = config
-        self.identify = identify
+        self.identify: IdentifyFn = default_identify if identify is None else identify
         self.csp_nonce = csp_nonce
+        self.nonce_required = nonce_required and csp_nonce is not None
         self.counters = Counters()
         self._path_allowed = config.path_allowed()
 
@@ -92,24 +109,28 @@ class PXAsgiMiddleware:
             await self.app(scope, receive, send)
             return
 
-        injecting = False
-        held_start: Message | None = None  # our copy of http.response.start, not yet sent
+        # While ``held_start`` is set we are holding the head and the raw body chunks
+        # seen so far; once the injector has decided, everything is forwarded as is.
+        held_start: Message | None = None
+        held_body: list[bytes] = []
 
-        async def release_original(more_body: bool = True) -> None:
-            """Fail open: send the app's own start and the body bytes we were holding."""
-            nonlocal injecting, held_start
-            injecting = False
-            held = exchange.injector.abandon() if exchange.injector else b""
-            if held_start is not None:
-                start, held_start = held_start, None
-                await send(start)
-            if held or not more_body:
-                await send({"type": "http.response.body", "body": held, "more_body": more_body})
+        async def release_original(more_body: bool) -> None:
+            """Fail open: the app's own start and the body bytes we were holding."""
+            nonlocal held_start
+            start, held_start = held_start, None
+            body = b"".join(held_body)
+            held_body.clear()
+            assert start is not None
+            await send(start)
+            if body or not more_body:
+                await send({"type": "http.response.body", "body": body, "more_body": more_body})
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal injecting, held_start
-            kind = message["type"]
-            if kind == "http.response.start":
+            nonlocal held_start
+            if held_start is None:
+                if message["type"] != "http.response.start":
+                    await send(message)  # body after the decision, trailers, ...
+                    return
                 try:
                     injecting = await self._plan(scope, exchange, message)
                 except Exception:
@@ -120,51 +141,45 @@ class PXAsgiMiddleware:
                 else:
                     await send(message)
                 return
-            if not injecting:
-                await send(message)
-                return
-            if kind != "http.response.body":
-                # pathsend, zerocopy, trailers, unknown: a body we cannot rewrite.
-                exchange.skip(f"{kind} message (forwarded as is)")
-                await release_original()
+            if message["type"] != "http.response.body":
+                # pathsend, zerocopysend, unknown: a body we cannot rewrite.
+                exchange.skip(f"{message['type']} message (forwarded as is)")
+                await release_original(more_body=True)
                 await send(message)
                 return
             body = message.get("body", b"")
             more_body = message.get("more_body", False)
+            held_body.append(body)
             try:
                 out = exchange.feed(body)
                 if not more_body:
                     out += exchange.close()
-                start_now = held_start is not None and (
-                    not more_body or (exchange.injector is not None and exchange.injector.decided)
-                )
-                start = (
-                    {**held_start, "headers": _encode(exchange.headers())}
-                    if start_now and held_start is not None
-                    else None
-                )
+                if exchange.injector is None or not exchange.injector.decided:
+                    return  # still looking for the insertion point (at most 64 KiB)
+                start = {**held_start, "headers": _encode(exchange.headers())}
             except Exception:
                 self._failed("injecting")
-                await release_original(more_body)  # the injector holds this chunk too
+                await release_original(more_body)
                 return
-            if start is not None:
-                held_start = None
-                await send(start)
-            elif held_start is not None:
-                return  # still looking for the insertion point (bounded by 64 KiB)
+            held_start = None
+            held_body.clear()
+            await send(start)
             if out or not more_body:
-                await send({**message, "body": out, "more_body": more_body})
+                await send({**message, "body": out})
 
         try:
             await self.app(scope, receive, send_wrapper)
-        except BaseException:
-            # Without us the start (and any body) would already be on the wire.
+        except Exception:
+            # Without us the start and the body so far would already be on the wire,
+            # and the server's reaction (500 or a closed connection) depends on that.
             if held_start is not None:
                 try:
-                    await release_original()
+                    await release_original(more_body=True)
                 except Exception:
                     log.debug("px_middleware: could not flush before re-raising", exc_info=True)
             raise
+        if held_start is not None:  # the app returned mid-body: let the server see that
+            await release_original(more_body=True)
 
     def _failed(self, where: str) -> None:
         self.counters.incr("errors")
@@ -179,30 +194,25 @@ class PXAsgiMiddleware:
             return False
         request = Request(scope)
         try:
-            identity = None
-            if self.identify is not None:
-                result = self.identify(request)
-                if inspect.isawaitable(result):
-                    result = await result
-                identity = as_identity(result)
+            identity = as_identity(await _resolve(self.identify(request)))
         except Exception as exc:
             self.counters.incr("identify_errors")
             log.warning("px_middleware: identify() raised %r; page left alone", exc,
                         exc_info=True)
             return exchange.skip("identify() raised")
-        nonce = None
+        nonce: Any = None
         if self.csp_nonce is not None:
             try:
-                nonce = self.csp_nonce(request)
-                if inspect.isawaitable(nonce):
-                    nonce = await nonce
+                nonce = await _resolve(self.csp_nonce(request))
             except Exception:
                 log.warning("px_middleware: csp_nonce() raised", exc_info=True)
                 nonce = None
+        else:
+            nonce = scope_nonce(scope)
         return exchange.begin(
             headers,
             identity,
             nonce=nonce,
-            nonce_required=self.csp_nonce is not None,
+            nonce_required=self.nonce_required,
             set_user=scope.get(SET_USER_KEY),
         )
