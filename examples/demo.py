@@ -18,9 +18,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-PX_PORT = int(os.environ.get("PX_DEMO_PORT", "8787"))
-APP_PORT = int(os.environ.get("APP_DEMO_PORT", "5000"))
-STATE = Path(os.environ.get("PX_DEMO_DIR", ".demo"))
+PX_PORT = int(os.environ.get("DEMO_PX_PORT", "8787"))
+APP_PORT = int(os.environ.get("DEMO_APP_PORT", "5000"))
+STATE = Path(os.environ.get("DEMO_DIR", ".demo"))
 
 SETTINGS = {
     "PX_PRODUCT_KEY": "AP-DEMO00000000-2",

@@ -4,9 +4,15 @@ Wrap a WSGI or ASGI app and every HTML page carries the PX tag with a verified
 ``identify`` call for the logged-in user and account.
 """
 
+from typing import TYPE_CHECKING
+
 from px_middleware.config import PXConfig
 from px_middleware.identity import Account, Identity, User
 from px_middleware.signing import user_hash
+
+if TYPE_CHECKING:  # real types for checkers; at run time the adapters load lazily
+    from px_middleware.asgi import PXAsgiMiddleware
+    from px_middleware.wsgi import PXWsgiMiddleware
 
 __all__ = ["Account", "Identity", "PXAsgiMiddleware", "PXConfig", "PXWsgiMiddleware", "User",
            "user_hash"]

@@ -33,6 +33,7 @@ LOCAL_BASE_URL = "http://127.0.0.1:8787"
 
 # AP-XXXXXXXXXXXX-2, optionally with a numeric suffix such as -2-1.
 _PRODUCT_KEY = re.compile(r"AP-[A-Z0-9]{6,}-\d+(?:-\d+)?")
+_URL = re.compile(r"https?://[^\s/?#]+(?:[/?#]\S*)?")
 _SDK_CONFIG_KEYS = frozenset(
     {
         "htmlSanitization",
@@ -145,7 +146,8 @@ class PXConfig:
                 raise ValueError(f"{name} must be a non-empty string or None")
         for name in ("sdk_url", "api_url", "local_url"):
             value = getattr(self, name)
-            if value is not None and not re.match(r"https?://[^\s/]+", value):
+            # Whole-string match: a stray space or newline must not reach the page.
+            if value is not None and not (isinstance(value, str) and _URL.fullmatch(value)):
                 raise ValueError(f"{name} {value!r} must be an absolute http(s) URL")
         if self.hash_field not in ("id", "email"):
             raise ValueError(f"hash_field must be 'id' or 'email', not {self.hash_field!r}")

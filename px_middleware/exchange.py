@@ -174,9 +174,10 @@ class Exchange:
             inserted = self.injector.inserted
             if inserted is None and self.has_content_length:
                 raise RuntimeError("Content-Length is known only once the injector decided")
+            # Undecided here means a streamed head that goes out now: assume the snippet.
             headers = rewrite_headers(
                 headers,
-                identified=self._identified,
+                identified=self._identified and inserted is not False,
                 length_delta=0 if inserted is False else self._snippet_length,
             )
         if self._cookie is not None:

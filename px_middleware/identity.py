@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import enum
 import math
+import sys
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -22,6 +23,7 @@ PXValue = str | int | float | bool
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 #: Longest string attribute we send; PX truncates or rejects longer values.
 MAX_STRING_LENGTH = 4096
+_MAX_NUMBER = int(sys.float_info.max)
 
 
 def to_epoch_ms(value: dt.datetime | dt.date) -> int:
@@ -35,16 +37,27 @@ def to_epoch_ms(value: dt.datetime | dt.date) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
+def _check_range(name: str, value: int | Decimal) -> None:
+    """Refuse numbers JavaScript would read as Infinity (beyond the largest double)."""
+    if not -_MAX_NUMBER <= value <= _MAX_NUMBER:
+        raise ValueError(f"attribute {name!r}: number out of range (beyond ±1.8e308)")
+
+
 def coerce(name: str, value: Any) -> PXValue | None:
     """Turn one Python value into a PX attribute value; ``None`` means "omit"."""
     if value is None:
         return None
+    # Fast path for the exact built-in types most attributes are (every page pays it).
+    kind = type(value)
+    if (kind is str and len(value) <= MAX_STRING_LENGTH) or kind is bool:
+        return value  # type: ignore[no-any-return]
     if isinstance(value, enum.Enum):
         return coerce(name, value.value)
     # bool before int: True is an int in Python but a BOOLEAN in PX.
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
+        _check_range(name, value)
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -53,6 +66,9 @@ def coerce(name: str, value: Any) -> PXValue | None:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError(f"attribute {name!r}: {value!r} is not a finite number")
+        # Range first: float(Decimal("1e400")) is inf, which would fail the whole
+        # snippet at render time instead of this one attribute here.
+        _check_range(name, value)
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, (dt.datetime, dt.date)):
         return to_epoch_ms(value)
@@ -83,6 +99,23 @@ def _camel(name: str) -> str:
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
 
 
+#: Per class: (Python field, PX API name) of the default attributes. Built once, as
+#: ``dataclasses.fields`` and the camelCase conversion cost more than the page's JSON.
+_FIELD_NAMES: dict[type, tuple[tuple[str, str], ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[tuple[str, str], ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = tuple(
+            (f.name, _camel(f.name))
+            for f in dataclasses.fields(cls)
+            if f.name not in ("id", "custom")
+        )
+        _FIELD_NAMES[cls] = names
+    return names
+
+
 @dataclasses.dataclass(frozen=True)
 class _Subject:
     """Shared by ``User`` and ``Account``: id, default fields, custom attributes."""
@@ -111,9 +144,9 @@ class _Subject:
         """PX API names to coerced values. Bad values raise, or go to ``on_error``."""
         result: dict[str, PXValue] = {"id": self.id}
         items: list[tuple[str, Any]] = [
-            (_camel(f.name), getattr(self, f.name))
-            for f in dataclasses.fields(self)
-            if f.name not in ("id", "custom")
+            (api_name, raw)
+            for field, api_name in _field_names(type(self))
+            if (raw := getattr(self, field)) is not None  # None means "omit"
         ]
         items.extend(self.custom.items())
         for api_name, raw in items:

@@ -34,16 +34,51 @@ from px_middleware.snippet import LOADER_SIGNATURE
 LIMIT = 64 * 1024
 
 _BOM = b"\xef\xbb\xbf"
-_START_TAG = re.compile(rb"""<([A-Za-z][A-Za-z0-9:-]*)(?:[^>"']|"[^"]*"|'[^']*')*>""")
-_END_TAG = re.compile(rb"</([A-Za-z][A-Za-z0-9:-]*)[^>]*>")
 _WHITESPACE = b" \t\r\n\f"
-#: Elements whose content is not markup; we skip to their end tag.
-_OPAQUE = frozenset({b"script", b"style", b"title", b"textarea", b"template", b"noscript"})
-#: Elements that may appear before ``<body>`` of a document with no ``<head>`` tag.
-_HEAD_CONTENT = frozenset({b"meta", b"link", b"base", b"title", b"script", b"style",
-                           b"noscript", b"template"})
+
+# One token at a "<", read the way the HTML tokenizer reads it, so a tag ends where a
+# browser ends it: quotes delimit a value only right after "=" (``content=O'Brien`` is
+# an unquoted value, not a quoted run that swallows the head), "<!-->" is a whole
+# comment. Every choice is made by the next character (names and values are taken
+# whole, lookaheads forbid the other reading), so there is exactly one way to match:
+# a token matched in a short window is the same token in a longer one (any chunking
+# gives the same result), and a failed match backtracks in linear time.
+_TOKEN = re.compile(
+    rb"""<(?:
+        (?P<comment>!--(?:>|->|.*?-->))
+      | (?P<declaration>(?:!(?!--)|\?)[^>]*>)
+      | /(?P<end>[A-Za-z][^\t\n\f\r />]*)[^>]*>
+      | (?P<start>[A-Za-z][^\t\n\f\r />]*)(?=[\t\n\f\r />])
+        (?:
+            [\t\n\f\r /]
+          | [^\t\n\f\r />][^\t\n\f\r />=]*(?=[\t\n\f\r />=])
+            (?:[\t\n\f\r ]*=[\t\n\f\r ]*
+               (?:"[^"]*"|'[^']*'|[^\t\n\f\r >"'][^\t\n\f\r >]*(?=[\t\n\f\r >])|(?=>))
+             |(?![\t\n\f\r ]*=))
+        )*
+        >
+    )""",
+    re.VERBOSE | re.DOTALL,
+)
+
+# What a start tag means to the scanner, by lower-case name.
+_HTML, _HEAD, _BODY, _META, _OPAQUE, _HEAD_CONTENT = range(6)
+#: Elements whose content is not markup (skipped to their end tag), the other elements
+#: a head may hold, and the document structure; any other element starts the body.
+_ELEMENTS: dict[bytes, int] = {
+    b"html": _HTML,
+    b"head": _HEAD,
+    b"body": _BODY,
+    b"meta": _META,
+    **dict.fromkeys(
+        (b"script", b"style", b"title", b"textarea", b"template", b"noscript"), _OPAQUE
+    ),
+    **dict.fromkeys((b"link", b"base"), _HEAD_CONTENT),
+}
 _opaque_end: dict[bytes, re.Pattern[bytes]] = {
-    name: re.compile(rb"</" + name + rb"(?:[\s/][^>]*)?>", re.IGNORECASE) for name in _OPAQUE
+    name: re.compile(rb"</" + name + rb"(?:[\t\n\f\r /][^>]*)?>", re.IGNORECASE)
+    for name, kind in _ELEMENTS.items()
+    if kind == _OPAQUE
 }
 
 _NEED_MORE = -1
@@ -61,15 +96,13 @@ class Injector:
         self._insert_at = 0
         #: ``None`` while undecided, then whether the snippet went in.
         self.inserted: bool | None = None
+        #: ``inserted is not None``, as a plain attribute: read for every chunk.
+        self.decided = False
         #: Why the snippet did not go in (for the debug log).
         self.reason = ""
 
-    @property
-    def decided(self) -> bool:
-        return self.inserted is not None
-
     def feed(self, chunk: bytes) -> bytes:
-        if self.inserted is not None:
+        if self.decided:
             return chunk
         self._data += chunk
         final = len(self._data) >= self._limit
@@ -79,7 +112,7 @@ class Injector:
 
     def close(self) -> bytes:
         """End of body: decide with what there is and return everything held."""
-        if self.inserted is not None:
+        if self.decided:
             return b""
         if not self._scan(True):
             self._decide(None, "no <head> or <body> in the document")
@@ -88,13 +121,13 @@ class Injector:
     def abandon(self) -> bytes:
         """Stop: return what is held, unchanged; later chunks pass through as is."""
         data, self._data = self._data, b""
-        if self.inserted is None:
+        if not self.decided:
             self._decide(None, "abandoned after an error")
         return data
 
     # -- internals ------------------------------------------------------------------
     def _release(self) -> bytes:
-        if self.inserted is None:
+        if not self.decided:
             self._decide(None, f"no <head> or <body> in the first {self._limit} bytes")
         data, self._data = self._data, b""
         if not self.inserted:
@@ -108,6 +141,7 @@ class Injector:
             self.inserted, self.reason = False, reason
         else:
             self.inserted, self._insert_at = True, insert_at
+        self.decided = True
         return True
 
     def _give_up_or_insert(self, reason: str) -> bool:
@@ -126,80 +160,81 @@ class Injector:
                 return False  # maybe the start of a byte-order mark
             if data.startswith(_BOM):
                 pos = len(_BOM)
+        find, match = data.find, _TOKEN.match
         while True:
-            self._pos = pos
-            lt = data.find(b"<", pos, end)
-            text_end = end if lt < 0 else lt
-            if not self._in_head and data[pos:text_end].strip(_WHITESPACE):
-                return self._decide(None, "text before <head>/<body>: not a whole document")
+            lt = find(b"<", pos, end)
+            if not self._in_head:
+                text_end = end if lt < 0 else lt
+                if text_end > pos and data[pos:text_end].strip(_WHITESPACE):
+                    return self._decide(None, "text before <head>/<body>: not a whole document")
             if lt < 0:
                 self._pos = end
                 return self._give_up_or_insert("no <head> or <body>") if final else False
-            pos = self._token(data, lt, end)
-            if self.inserted is not None:
+            token = match(data, lt, end)
+            if token is None:
+                pos = self._odd(data, lt, end)
+            elif token.lastgroup == "start":
+                pos = self._start_tag(data, token, end)
+            elif token.lastgroup == "end":
+                pos = token.end()
+                if not self._in_head:
+                    self._decide(None, "end tag before <head>/<body>: not a whole document")
+                elif token.group("end").lower() == b"head":
+                    self._decide(self._insert_at)
+            else:  # comment, doctype, processing instruction
+                pos = token.end()
+            if self.decided:
                 return True
             if pos == _NEED_MORE:
+                self._pos = lt  # rescan this token when more data arrives
                 return self._give_up_or_insert("document cut short") if final else False
 
-    def _token(self, data: bytes, lt: int, end: int) -> int:
-        """Consume the markup at ``lt``; return the position after it, or ``_NEED_MORE``."""
-        head = data[lt : min(lt + 4, end)]
-        if len(head) < 4 and lt + len(head) >= end and b"<!--".startswith(head):
-            return _NEED_MORE
-        if head == b"<!--":
-            close = data.find(b"-->", lt + 4, end)
-            return _NEED_MORE if close < 0 else close + 3
-        if head[1:2] in (b"!", b"?"):  # doctype, processing instruction
-            close = data.find(b">", lt + 2, end)
-            return _NEED_MORE if close < 0 else close + 1
-        if head[1:2] == b"/":
-            return self._end_tag(data, lt, end)
-        if head[1:2].isalpha():
-            return self._start_tag(data, lt, end)
+    def _odd(self, data: bytes, lt: int, end: int) -> int:
+        """A "<" that is not a whole token: cut short (``_NEED_MORE``) or plain text."""
+        nxt = data[lt + 1 : lt + 2]
+        if nxt.isalpha() or nxt in (b"", b"!", b"?"):
+            return _NEED_MORE  # a tag, comment or declaration not finished yet
+        if nxt == b"/" and data.find(b">", lt, end) < 0:
+            return _NEED_MORE  # "</" + something, not closed yet
+        # "< ", "<3", "</>", "</ x>": text as far as the document structure goes.
         if not self._in_head:
             self._decide(None, "text before <head>/<body>: not a whole document")
         return lt + 1
 
-    def _end_tag(self, data: bytes, lt: int, end: int) -> int:
-        match = _END_TAG.match(data, lt, end)
-        if match is None:
-            return _NEED_MORE if data.find(b">", lt, end) < 0 else lt + 2
-        if not self._in_head:
-            self._decide(None, "end tag before <head>/<body>: not a whole document")
-        elif match.group(1).lower() == b"head":
-            self._decide(self._insert_at)
-        return match.end()
-
-    def _start_tag(self, data: bytes, lt: int, end: int) -> int:
-        match = _START_TAG.match(data, lt, end)
-        if match is None:
-            return _NEED_MORE
-        name = match.group(1).lower()
-        after = match.end()
-        if name == b"html":
+    def _start_tag(self, data: bytes, token: re.Match[bytes], end: int) -> int:
+        name = token.group("start")
+        kind = _ELEMENTS.get(name)
+        if kind is None:
+            name = name.lower()
+            kind = _ELEMENTS.get(name)
+        after = token.end()
+        if kind == _HTML:
             return after
-        if name == b"head":
+        if kind == _HEAD:
             if not self._in_head:
                 self._in_head, self._insert_at = True, after
             return after
-        if name == b"body":
-            self._decide(self._insert_at if self._in_head else lt)
+        if kind == _BODY:
+            self._decide(self._insert_at if self._in_head else token.start())
             return after
-        if name not in _HEAD_CONTENT:
+        if kind is None:
             if self._in_head:  # a body element implicitly closes the head
                 self._decide(self._insert_at)
             else:
-                self._decide(None, f"<{name.decode()}> before <head>/<body>: not a document")
+                tag = name.decode(errors="replace")
+                self._decide(None, f"<{tag}> before <head>/<body>: not a document")
             return after
-        if name == b"meta" and self._in_head:
-            tag = match.group(0).lower()
-            if b"charset" in tag or b"x-ua-compatible" in tag:
-                self._insert_at = after
+        if kind == _META:
+            if self._in_head:
+                tag = token.group().lower()
+                if b"charset" in tag or b"x-ua-compatible" in tag:
+                    self._insert_at = after  # these must stay first in the head
             return after
-        if name in _OPAQUE:
+        if kind == _OPAQUE:
             close = _opaque_end[name].search(data, after, end)
             if close is None:
                 return _NEED_MORE
+            lt = token.start()
             if name == b"script" and data.find(LOADER_SIGNATURE, lt, close.start()) >= 0:
                 self._decide(None, "the page already has a PX loader")
             return close.end()

@@ -7,11 +7,13 @@ uncertain is a "no": a page without PX is harmless, a broken response is not.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 
 HeaderGetter = Callable[[str], "str | None"]
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def media_type(content_type: str | None) -> str:
@@ -58,7 +60,8 @@ def response_skip_reason(
             return "Content-Disposition: attachment"
         elif lower == "cache-control" and "no-transform" in value.lower():
             return "Cache-Control: no-transform"
-        elif lower == "content-length" and not value.strip().isdigit():
+        elif lower == "content-length" and not _DIGITS.fullmatch(value.strip()):
+            # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
             return f"invalid Content-Length {value!r}"
     kind = media_type(content_type)
     if kind not in HTML_TYPES:

@@ -8,6 +8,7 @@ result is pure ASCII, which lets the injector splice bytes without decoding the 
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -24,12 +25,6 @@ MARKER = 'data-px-middleware="1"'
 LOADER_SIGNATURE = b"aptrinsic"
 
 _NONCE = re.compile(r"[A-Za-z0-9+/_=-]{1,256}")
-_ESCAPES = {
-    ord("<"): "\\u003c",
-    ord(">"): "\\u003e",
-    ord("&"): "\\u0026",
-    ord("'"): "\\u0027",
-}
 
 _LOADER = (
     '(function(n,t,a,e,co){{var i="aptrinsic";n[i]=n[i]||function(){{'
@@ -42,11 +37,22 @@ _LOADER = (
 )
 
 
+# One encoder for every call: json.dumps() with options builds a new one each time.
+# ensure_ascii escapes U+2028/U+2029 and all other non-ASCII as \\uXXXX.
+_ENCODER = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
 def js_value(value: Any) -> str:
     """JSON that is safe inside an HTML ``<script>`` element and pure ASCII."""
-    # ensure_ascii escapes U+2028/U+2029 and all other non-ASCII as \\uXXXX.
-    text = json.dumps(value, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
-    return text.translate(_ESCAPES)
+    # Chained replace: each is one C-level scan that returns the same string when the
+    # character is absent (the usual case); str.translate with a dict is 10x slower.
+    return (
+        _ENCODER.encode(value)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("'", "\\u0027")
+    )
 
 
 def valid_nonce(nonce: str) -> str:
@@ -78,6 +84,12 @@ def identify_call(
     return f"aptrinsic({','.join(args)});"
 
 
+@functools.lru_cache(maxsize=16)
+def _loader(url: str, key: str, sdk_config: str) -> str:
+    """The loader is the same on every page of an app: build it once per config."""
+    return _LOADER.format(url=js_value(url), key=js_value(key), config=sdk_config)
+
+
 def render(
     config: PXConfig,
     identity: Identity | None = None,
@@ -89,13 +101,7 @@ def render(
 ) -> bytes:
     """The whole ``<script>`` element: loader, then ``reset``, ``identify``, ``set``."""
     sdk_config = "" if config.sdk_config is None else "," + js_value(dict(config.sdk_config))
-    parts = [
-        _LOADER.format(
-            url=js_value(config.sdk_script_url),
-            key=js_value(config.product_key),
-            config=sdk_config,
-        )
-    ]
+    parts = [_loader(config.sdk_script_url, config.product_key, sdk_config)]
     if reset:
         parts.append('aptrinsic("reset");')
     if identity is not None:

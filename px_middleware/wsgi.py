@@ -11,7 +11,9 @@ Every decision is the core's (``Exchange``); this module only speaks PEP 3333:
 * a streamed body (no ``Content-Length``) gets its headers at once and one yield per
   chunk the app yields; with ``Content-Length`` the head is held until the injector
   has decided (at most 64 KiB), so the length can be recomputed;
-* any exception of ours is logged and the original response goes through unchanged.
+* any exception of ours is logged and the original response goes through unchanged:
+  until the injector has decided we keep the app's own chunks, so giving up mid-body
+  still sends its bytes, byte for byte.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from px_middleware.identity import as_identity
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+__all__ = ["PXWsgiMiddleware"]
+
 log = logging.getLogger("px_middleware")
 
 IdentifyFn = Callable[[Request], object]
@@ -43,9 +47,14 @@ class PXWsgiMiddleware:
     """Inject the PX tag and ``identify`` call into a WSGI app's HTML pages.
 
     ``identify(request)`` gets a werkzeug ``Request`` and returns an ``Identity``, a
-    ``User`` or ``None``. ``csp_nonce(request)``, when given, must return the page's
-    nonce; without one the page is left alone (fail closed). Without it, a nonce in
-    the response's ``Content-Security-Policy`` header is used.
+    ``User`` or ``None``. The request is shallow: reading its body raises, because
+    the app owns the body.
+
+    ``csp_nonce(request)`` returns the page's CSP nonce. With ``nonce_required`` (the
+    default) a ``None`` means "this page needs a nonce we do not have": it is left
+    alone (fail closed). With ``nonce_required=False`` a ``None`` only means "no
+    nonce from here", and a nonce in the response's ``Content-Security-Policy``
+    header is used when the policy needs one, as it is without ``csp_nonce``.
     """
 
     def __init__(
@@ -55,6 +64,7 @@ class PXWsgiMiddleware:
         identify: IdentifyFn | None = None,
         *,
         csp_nonce: NonceFn | None = None,
+        nonce_required: bool = True,
     ) -> None:
         if identify is not None and inspect.iscoroutinefunction(identify):
             raise TypeError("identify must be a plain function under WSGI, not async")
@@ -62,6 +72,7 @@ class PXWsgiMiddleware:
         self.config = config
         self.identify = identify
         self.csp_nonce = csp_nonce
+        self.nonce_required = nonce_required and csp_nonce is not None
         self.counters = Counters()
         self._path_allowed = config.path_allowed()
 
@@ -100,7 +111,8 @@ class PXWsgiMiddleware:
             return exchange.skip("skipped by the app (px_middleware.skip)")
         if not exchange.accepts(int(status.split(" ", 1)[0]), headers):
             return False
-        request = Request(environ)
+        # Shallow: the body belongs to the app; an identify that reads it must fail.
+        request = Request(environ, shallow=True)
         try:
             identity = as_identity(self.identify(request)) if self.identify else None
         except Exception as exc:
@@ -118,7 +130,7 @@ class PXWsgiMiddleware:
             headers,
             identity,
             nonce=nonce,
-            nonce_required=self.csp_nonce is not None,
+            nonce_required=self.nonce_required,
             set_user=environ.get(SET_USER_KEY),
         )
 
@@ -137,14 +149,22 @@ class _Response:
         self.headers: list[tuple[str, str]] = []
         self.head_sent = False
         self.upstream_write: Callable[[bytes], object] | None = None
+        #: The app's own chunks while the head is held, for failing open byte for byte.
+        self.held: list[bytes] = []
 
     def start_response(self, status: str, headers: list[tuple[str, str]],
                        exc_info: ExcInfo | None = None, /) -> Callable[[bytes], object]:
         if exc_info is not None and exc_info[0] is not None:
+            if self.injecting and not self.head_sent and any(self.held):
+                # The app has produced body bytes, so for it the head is out: PEP 3333
+                # says re-raise, as the server would have without us.
+                raise exc_info[1].with_traceback(exc_info[2])
             # The app replaces its response after an error: step aside entirely.
             self.injecting = False
+            self.held = []
             self.head_sent = True
-            return self.upstream(status, headers, exc_info)  # re-raises if head went out
+            self.upstream_write = self.upstream(status, headers, exc_info)
+            return self.upstream_write
         try:
             injecting = self.middleware._plan(self.environ, self.exchange, status, headers)
         except Exception:
@@ -156,42 +176,86 @@ class _Response:
             self.head_sent = True
             return self.upstream(status, headers)
         if not self.exchange.has_content_length:
-            self._send_head(final=True)  # streamed: nothing to recompute later
+            # Streamed: nothing to recompute later, so the head goes out now.
+            try:
+                rewritten = self.exchange.headers()
+            except Exception:
+                self.middleware._failed("rewriting headers")
+                self.injecting = False
+                rewritten = headers
+            self._send_head(rewritten)
         return self.write
 
     def write(self, data: bytes) -> None:
         """The legacy ``write()`` path: give up on injection and pass through."""
         if self.injecting:
-            self.injecting = False
             self.exchange.skip("the app used write()")
-        if not self.head_sent:
-            self._send_head(final=False)
-        assert self.upstream_write is not None
-        self.upstream_write(data)
+            held = self._give_up()
+            if held:
+                self._write(held)
+        elif not self.head_sent:
+            self._send_head(self.headers)
+        self._write(data)
 
     def wrap(self, app_iter: Iterable[bytes]) -> Iterable[bytes]:
         if self.injecting is False:
             return app_iter
         file_wrapper = self.environ.get("wsgi.file_wrapper")
         if isinstance(file_wrapper, type) and isinstance(app_iter, file_wrapper):
-            if self.injecting:
-                self.injecting = False
+            if self.injecting:  # keep the server's sendfile path: hands off the body
                 self.exchange.skip("wsgi.file_wrapper body (sent as is)")
-                if not self.head_sent:
-                    self._send_head(final=False)
+                self._give_up()
             return app_iter
         return _Body(self, app_iter)
 
-    def _send_head(self, *, final: bool) -> None:
-        """Call the server's start_response: rewritten head, or the app's own."""
-        headers = self.headers
-        if final:
-            try:
-                headers = self.exchange.headers()
-            except Exception:
-                self.middleware._failed("rewriting headers")
-        self.head_sent = True
+    # -- body ---------------------------------------------------------------------
+    def feed(self, chunk: bytes) -> bytes | None:
+        """What to send for one app chunk; ``None`` while the head is still held."""
+        injector = self.exchange.injector
+        if self.head_sent and injector is not None and injector.decided:
+            return chunk
+        # Until the injector decides, it has sent nothing: keep the app's own bytes.
+        self.held.append(chunk)
+        try:
+            out = self.exchange.feed(chunk)
+            if injector is None or not injector.decided:
+                # Streamed: an empty yield per chunk (PEP 3333 block boundaries).
+                return b"" if self.head_sent else None
+            if not self.head_sent:
+                self._send_head(self.exchange.headers())
+            self.held = []
+            return out
+        except Exception:
+            self.middleware._failed("injecting")
+            return self._give_up()
+
+    def end(self) -> bytes:
+        """The app's body is over: what the injector still holds, head sent first."""
+        try:
+            out = self.exchange.close()
+            if not self.head_sent:
+                self._send_head(self.exchange.headers())
+            self.held = []
+            return out
+        except Exception:
+            self.middleware._failed("injecting")
+            return self._give_up()
+
+    def _give_up(self) -> bytes:
+        """Stop injecting: the app's unsent bytes, unchanged; the rest passes as is."""
+        self.injecting = False
+        if not self.head_sent:
+            self._send_head(self.headers)
+        held, self.held = b"".join(self.held), []
+        return held
+
+    def _send_head(self, headers: list[tuple[str, str]]) -> None:
         self.upstream_write = self.upstream(self.status, headers)
+        self.head_sent = True
+
+    def _write(self, data: bytes) -> None:
+        assert self.upstream_write is not None
+        self.upstream_write(data)
 
 
 class _Body:
@@ -203,46 +267,22 @@ class _Body:
 
     def __iter__(self) -> Iterator[bytes]:
         response = self._response
-        exchange = response.exchange
         for chunk in self._app_iter:
-            if not response.injecting:
-                if not response.head_sent:
-                    response._send_head(final=False)
-                yield chunk
-                continue
-            try:
-                out = exchange.feed(chunk)
-            except Exception:
-                response.middleware._failed("injecting")
-                yield self._give_up()  # the injector holds this chunk too
-                continue
-            if not response.head_sent:
-                if not exchange.injector or not exchange.injector.decided:
+            if response.injecting:
+                out = response.feed(chunk)
+                if out is None:
                     continue  # Content-Length known: hold (<= 64 KiB) to recompute it
-                response._send_head(final=True)
-            yield out
+                yield out
+            else:
+                if not response.head_sent:
+                    response._send_head(response.headers)
+                yield chunk
         if response.injecting:
-            try:
-                out = exchange.close()
-            except Exception:
-                response.middleware._failed("injecting")
-                yield self._give_up()
-                return
-            if not response.head_sent:
-                response._send_head(final=True)
+            out = response.end()
             if out:
                 yield out
-        elif not response.head_sent:
-            response._send_head(final=False)
-
-    def _give_up(self) -> bytes:
-        """Fail open mid-body: the bytes held so far, unchanged; the rest passes as is."""
-        response = self._response
-        response.injecting = False
-        held = response.exchange.injector.abandon() if response.exchange.injector else b""
-        if not response.head_sent:
-            response._send_head(final=False)
-        return held
+        elif not response.head_sent and response.status:
+            response._send_head(response.headers)
 
     def close(self) -> None:
         close = getattr(self._app_iter, "close", None)
