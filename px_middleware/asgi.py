@@ -26,16 +26,21 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import anyio.to_thread
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from px_middleware.config import PXConfig
+from px_middleware.delivery import get_delivery, tracker_for
 from px_middleware.exchange import SEEN_KEY, SET_USER_KEY, SKIP_KEY, Counters, Exchange
 from px_middleware.identity import as_identity
 from px_middleware.starlette import default_identify, scope_nonce
 
 log = logging.getLogger("px_middleware")
+
+#: How long lifespan shutdown waits for captured events to reach PX.
+SHUTDOWN_FLUSH_SECONDS = 5.0
 
 IdentifyFn = Callable[[Request], Any]
 NonceFn = Callable[[Request], Any]
@@ -84,31 +89,63 @@ class PXAsgiMiddleware:
         self.csp_nonce = csp_nonce
         self.nonce_required = nonce_required and csp_nonce is not None
         self.counters = Counters()
+        self.tracker = tracker_for(config, self.counters)
         self._path_allowed = config.path_allowed()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan" and self.tracker and self.tracker.capture:
+            await self.app(scope, receive, self._lifespan_send(send))
+            return
         if scope["type"] != "http" or scope.get(SEEN_KEY):
             await self.app(scope, receive, send)
             return
         scope[SEEN_KEY] = True
         try:
+            headers = Headers(scope=scope)
+            client = scope.get("client")
             exchange = Exchange(
                 self.config,
                 self.counters,
                 method=scope["method"],
                 path=scope["path"],
-                header=Headers(scope=scope).get,
+                header=headers.get,
                 path_allowed=self._path_allowed,
+                query=scope.get("query_string", b"").decode("latin-1"),
+                scheme=scope.get("scheme", "http"),
+                host=headers.get("host", ""),
+                client=client[0] if client else None,
+                tracker=self.tracker,
             )
         except Exception:
             self._failed("reading the request")
             await self.app(scope, receive, send)
             return
-        if exchange.skip_reason is not None:
+        if not exchange.active:
             log.debug("px_middleware: not injected: %s", exchange.skip_reason)
             await self.app(scope, receive, send)
             return
+        try:
+            await self._respond(scope, receive, send, exchange)
+        finally:
+            try:
+                exchange.finish()
+            except Exception:
+                self._failed("recording the page view")
 
+    def _lifespan_send(self, send: Send) -> Send:
+        """Flush captured events when the server shuts the app down."""
+
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                delivery = get_delivery(self.config)
+                await anyio.to_thread.run_sync(delivery.flush, SHUTDOWN_FLUSH_SECONDS)
+            await send(message)
+
+        return lifespan_send
+
+    async def _respond(
+        self, scope: Scope, receive: Receive, send: Send, exchange: Exchange
+    ) -> None:
         # While ``held_start`` is set we are holding the head and the raw body chunks
         # seen so far; once the injector has decided, everything is forwarded as is.
         held_start: Message | None = None
@@ -138,6 +175,8 @@ class PXAsgiMiddleware:
                     injecting = False
                 if injecting:
                     held_start = message
+                elif exchange.tracked:  # not injected, but the session cookie goes out
+                    await send({**message, "headers": _encode(exchange.headers())})
                 else:
                     await send(message)
                 return

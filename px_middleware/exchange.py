@@ -164,6 +164,11 @@ class Exchange:
         return injecting
 
     @property
+    def tracked(self) -> bool:
+        """True once ``begin`` tracked the response: its head carries our cookie."""
+        return self._cookie is not None
+
+    @property
     def has_content_length(self) -> bool:
         return any(name.lower() == "content-length" for name, _ in self._response_headers)
 

@@ -328,9 +328,6 @@ async def test_gzip_inside_ours_passes_the_compressed_body_through(path: str) ->
     assert wrapped == bare
 
 
-@pytest.mark.xfail(strict=True, reason="core: Exchange.headers() adds Cache-Control: private "
-                   "to an identified page the injector declined (policy.rewrite_headers gets "
-                   "identified=True though nothing was inserted)")
 async def test_html_fragment_for_an_identified_user_is_byte_identical() -> None:
     headers = {"x-user": "alice"}
     bare = await capture(make_app(px=False), "GET", "/fragment", headers)

@@ -8,7 +8,12 @@ and ``ratelimit`` for the policies, ``registry`` for the per-process instance.
 
 from px_middleware.delivery.outbox import Entry, Item, MemoryOutbox, Outbox, SQLiteOutbox
 from px_middleware.delivery.ratelimit import RateLimiter, TokenBucket
-from px_middleware.delivery.registry import get_delivery, gunicorn_worker_exit, shutdown_all
+from px_middleware.delivery.registry import (
+    get_delivery,
+    gunicorn_worker_exit,
+    shutdown_all,
+    tracker_for,
+)
 from px_middleware.delivery.sender import Delivery
 
 __all__ = [
@@ -23,4 +28,5 @@ __all__ = [
     "get_delivery",
     "gunicorn_worker_exit",
     "shutdown_all",
+    "tracker_for",
 ]

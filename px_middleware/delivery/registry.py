@@ -20,7 +20,9 @@ import time
 from typing import Any
 
 from px_middleware.config import PXConfig
+from px_middleware.counters import Counters
 from px_middleware.delivery.sender import Delivery
+from px_middleware.tracking import Tracker
 
 #: Seconds a process may spend delivering what is left when it exits.
 EXIT_TIMEOUT = 5.0
@@ -49,6 +51,19 @@ def get_delivery(config: PXConfig) -> Delivery:
             atexit.register(shutdown_all, EXIT_TIMEOUT)
             _atexit_registered = True
     return delivery
+
+
+def tracker_for(config: PXConfig, counters: Counters) -> Tracker | None:
+    """What both adapters track with, or None when the app did not ask for tracking.
+
+    The session cookie is set only when events are on (``api_key``) or the app set
+    ``cookie_secret`` on purpose (for ``aptrinsic('reset')`` after logout alone):
+    a new cookie is a privacy decision that is the app's to make.
+    """
+    if not (config.events_enabled or config.cookie_secret):
+        return None
+    capture = get_delivery(config).capture if config.events_enabled else None
+    return Tracker(config, counters, capture)
 
 
 def shutdown_all(timeout: float = EXIT_TIMEOUT) -> None:
