@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING
 
 from werkzeug.datastructures import EnvironHeaders
 from werkzeug.wrappers import Request
+from werkzeug.wsgi import ClosingIterator
 
 from px_middleware.config import PXConfig
+from px_middleware.delivery import tracker_for
 from px_middleware.exchange import SEEN_KEY, SET_USER_KEY, SKIP_KEY, Counters, Exchange
 from px_middleware.identity import as_identity
 
@@ -74,6 +76,7 @@ class PXWsgiMiddleware:
         self.csp_nonce = csp_nonce
         self.nonce_required = nonce_required and csp_nonce is not None
         self.counters = Counters()
+        self.tracker = tracker_for(config, self.counters)
         self._path_allowed = config.path_allowed()
 
     def __call__(
@@ -83,18 +86,24 @@ class PXWsgiMiddleware:
             return self.app(environ, start_response)
         environ[SEEN_KEY] = True
         try:
+            headers = EnvironHeaders(environ)
             exchange = Exchange(
                 self.config,
                 self.counters,
                 method=environ.get("REQUEST_METHOD", "GET"),
                 path=environ.get("PATH_INFO", ""),
-                header=EnvironHeaders(environ).get,
+                header=headers.get,
                 path_allowed=self._path_allowed,
+                query=environ.get("QUERY_STRING", ""),
+                scheme=environ.get("wsgi.url_scheme", "http"),
+                host=headers.get("host") or environ.get("SERVER_NAME", ""),
+                client=environ.get("REMOTE_ADDR"),
+                tracker=self.tracker,
             )
         except Exception:
             self._failed("reading the request")
             return self.app(environ, start_response)
-        if exchange.skip_reason is not None:
+        if not exchange.active:
             log.debug("px_middleware: not injected: %s", exchange.skip_reason)
             return self.app(environ, start_response)
         response = _Response(self, environ, start_response, exchange)
@@ -174,6 +183,8 @@ class _Response:
         self.status, self.headers = status, headers
         if not injecting:
             self.head_sent = True
+            if self.exchange.tracked:  # not injected, but the session cookie goes out
+                return self.upstream(status, self.exchange.headers())
             return self.upstream(status, headers)
         if not self.exchange.has_content_length:
             # Streamed: nothing to recompute later, so the head goes out now.
@@ -198,15 +209,25 @@ class _Response:
         self._write(data)
 
     def wrap(self, app_iter: Iterable[bytes]) -> Iterable[bytes]:
-        if self.injecting is False:
-            return app_iter
         file_wrapper = self.environ.get("wsgi.file_wrapper")
         if isinstance(file_wrapper, type) and isinstance(app_iter, file_wrapper):
             if self.injecting:  # keep the server's sendfile path: hands off the body
                 self.exchange.skip("wsgi.file_wrapper body (sent as is)")
                 self._give_up()
+            self.finish()  # the page view, timed to the response start
+            return app_iter
+        if self.injecting is False:
+            if self.exchange.tracked:
+                return ClosingIterator(app_iter, self.finish)
             return app_iter
         return _Body(self, app_iter)
+
+    def finish(self) -> None:
+        """The response is over: record its page view (never fails the response)."""
+        try:
+            self.exchange.finish()
+        except Exception:
+            self.middleware._failed("recording the page view")
 
     # -- body ---------------------------------------------------------------------
     def feed(self, chunk: bytes) -> bytes | None:
@@ -285,6 +306,9 @@ class _Body:
             response._send_head(response.headers)
 
     def close(self) -> None:
-        close = getattr(self._app_iter, "close", None)
-        if close is not None:
-            close()
+        try:
+            close = getattr(self._app_iter, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._response.finish()

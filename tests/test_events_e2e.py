@@ -1,0 +1,179 @@
+"""Server-side sessions, events and upserts through both adapters to a real PX stand-in.
+
+The app is real (a WSGI and an ASGI app serving the same page), the middleware is
+real, delivery goes over real HTTP to the devserver, and what the devserver stored
+is what we assert on. Time is not faked here (see test_tracking.py for the clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpx
+import pytest
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route
+
+from px_middleware import Account, Identity, PXAsgiMiddleware, PXConfig, PXWsgiMiddleware, User
+from px_middleware.delivery import get_delivery
+from tests.support.devserver import DevServer
+
+PAGE = b"<!doctype html><html><head><title>t</title></head><body>page</body></html>"
+KEY = "AP-EVENTS000001-2"
+#: httpx's own user agent matches the default bot pattern, which skips tracking.
+BROWSER = {"user-agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0 Safari/537.36"}
+
+
+def identity_for(user: str | None) -> Identity | None:
+    if not user:
+        return None
+    return Identity(
+        User(user, email=f"{user}@acme.test", sign_up_date=dt.date(2024, 5, 1),
+             custom={"seats": 7}),
+        Account("acme", name="Acme", number_of_employees=12),
+    )
+
+
+def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    if environ["PATH_INFO"] == "/api":
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b"{}"]
+    start_response("200 OK", [("Content-Type", "text/html"), ("Content-Length", str(len(PAGE)))])
+    return [PAGE]
+
+
+async def page(request: Request) -> HTMLResponse:
+    return HTMLResponse(PAGE)
+
+
+async def api(request: Request) -> JSONResponse:
+    return JSONResponse({})
+
+
+def asgi_app() -> Any:
+    from starlette.applications import Starlette
+
+    return Starlette(routes=[Route("/", page), Route("/other", page), Route("/api", api)])
+
+
+class Client:
+    """One browser's cookie jar against the wrapped app, WSGI or ASGI alike."""
+
+    def __init__(self, kind: str, config: PXConfig) -> None:
+        self.kind = kind
+        if kind == "wsgi":
+            self.middleware: Any = PXWsgiMiddleware(
+                wsgi_app, config, identify=lambda r: identity_for(r.args.get("u"))
+            )
+            self.sync = httpx.Client(
+                transport=httpx.WSGITransport(app=self.middleware),
+                base_url="http://app.test",
+                headers=BROWSER,
+            )
+        else:
+            self.middleware = PXAsgiMiddleware(
+                asgi_app(), config, identify=lambda r: identity_for(r.query_params.get("u"))
+            )
+            self.cookies = httpx.Cookies()
+
+    def get(self, path: str) -> httpx.Response:
+        if self.kind == "wsgi":
+            return self.sync.get(path)
+
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.middleware)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://app.test", cookies=self.cookies,
+                headers=BROWSER,
+            ) as client:
+                response = await client.get(path)
+                self.cookies = client.cookies
+                return response
+
+        return asyncio.run(go())
+
+
+@pytest.fixture(params=["wsgi", "asgi"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def config_for(devserver: DevServer, **overrides: Any) -> PXConfig:
+    return PXConfig(
+        product_key=KEY,
+        hmac_secret="hmac-secret",
+        api_key=devserver.api_key,
+        api_url=devserver.api_url,
+        **overrides,
+    )
+
+
+def test_login_browse_logout_reaches_px(devserver: DevServer, kind: str) -> None:
+    config = config_for(devserver)
+    client = Client(kind, config)
+
+    first = client.get("/?u=alice")
+    assert b'"identify"' in first.content and "px_session" in first.headers["set-cookie"]
+    client.get("/other?u=alice&token=hunter2")
+    client.get("/api?u=alice")  # not a page: no page view by default
+    logout = client.get("/")
+    assert logout.content.count(b'aptrinsic("reset")') == 1
+    again = client.get("/")
+    assert b"reset" not in again.content
+
+    assert get_delivery(config).flush(15)
+    events = devserver.events()
+    by_name = [(e["eventName"], e["identifyId"]) for e in events]
+    visitor = next(e["identifyId"] for e in events if e["userType"] == "VISITOR")
+    assert by_name == [
+        ("session_start", "alice"),
+        ("page_view", "alice"),
+        ("page_view", "alice"),
+        ("session_end", "alice"),
+        ("session_start", visitor),
+        ("page_view", visitor),
+        ("page_view", visitor),
+    ]
+    alice_views = [
+        e for e in events if e["eventName"] == "page_view" and e["identifyId"] == "alice"
+    ]
+    assert {e["sessionId"] for e in alice_views} == {events[0]["sessionId"]}
+    assert alice_views[0]["accountId"] == "acme" and alice_views[0]["propertyKey"] == KEY
+    assert "hunter2" not in alice_views[1]["url"] and "token=" in alice_views[1]["url"]
+    assert len({e["eventId"] for e in events}) == len(events)  # each exactly once
+
+    users = {u["identifyId"]: u for u in devserver.users()}
+    assert users["alice"]["email"] == "alice@acme.test"
+    assert users["alice"]["signUpDate"] == 1714521600000  # 2024-05-01T00:00:00Z
+    assert users["alice"]["customAttributes"] == {"seats": 7}
+    accounts = {a["id"]: a for a in devserver.accounts()}
+    assert accounts["acme"]["numberOfEmployees"] == 12
+    assert client.middleware.counters.snapshot().get("errors", 0) == 0
+
+
+def test_api_calls_are_recorded_when_asked(devserver: DevServer, kind: str) -> None:
+    config = config_for(devserver, track_all_responses=True)
+    client = Client(kind, config)
+    response = client.get("/api?u=bob")
+    assert response.content == b"{}"  # the body is never touched
+    assert "px_session" in response.headers["set-cookie"]
+    assert get_delivery(config).flush(15)
+    views = devserver.events(eventName="page_view")
+    assert [(v["identifyId"], v["attributes"]["path"]) for v in views] == [("bob", "/api")]
+
+
+def test_px_outage_never_touches_the_page(tmp_path: Any, kind: str) -> None:
+    # Nothing listens on this API URL: pages must be exactly as fast and whole as ever.
+    config = PXConfig(product_key=KEY, api_key="k", api_url="http://127.0.0.1:9/v1",
+                      request_timeout=0.5)
+    client = Client(kind, config)
+    for _ in range(3):
+        response = client.get("/?u=carol")
+        assert response.status_code == 200 and b'"identify"' in response.content
+    assert not get_delivery(config).flush(0.5)  # still queued, not lost
+    assert get_delivery(config).counters()["captured"] >= 6
+
