@@ -1,0 +1,237 @@
+"""``PXConfig``: validation messages, secrets out of ``repr``, env/mapping conversion, URLs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import pytest
+
+from px_middleware import PXConfig
+
+KEY = "AP-TESTKEY12345-2"
+
+
+@pytest.mark.parametrize("key", ["AP-TESTKEY12345-2", "AP-ABC123-2-1", "AP-XXXXXXXXXXXX-2-3"])
+def test_product_keys_of_the_documented_shape_are_accepted(key: str) -> None:
+    assert PXConfig(key).product_key == key
+
+
+@pytest.mark.parametrize(
+    "key", ["", "TESTKEY12345-2", "AP-testkey1234-2", "AP-TESTKEY12345", "AP-ABC-2",
+            " AP-TESTKEY12345-2", "AP-TESTKEY12345-2\n", "AP-TESTKEY12345-2-x"]
+)
+def test_bad_product_key_names_the_expected_shape(key: str) -> None:
+    with pytest.raises(ValueError, match=r"is not a PX product key; expected the shape AP-"):
+        PXConfig(key)
+
+
+def test_unknown_data_center() -> None:
+    with pytest.raises(ValueError, match=r"unknown data_center 'APAC'; use 'US', 'EU', 'US2'"):
+        PXConfig(KEY, data_center="APAC")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field", ["hmac_secret", "api_key", "cookie_secret"])
+@pytest.mark.parametrize("value", ["", "   "])
+def test_empty_secrets_are_refused(field: str, value: str) -> None:
+    with pytest.raises(ValueError, match=f"{field} must be a non-empty string or None"):
+        PXConfig(KEY, **dict[str, Any]({field: value}))
+
+
+@pytest.mark.parametrize("field", ["sdk_url", "api_url", "local_url"])
+@pytest.mark.parametrize(
+    "url", ["ftp://x", "example.com", "https://", "//cdn.example.com/x.js", "https://x y",
+            "https://x\n", "javascript:alert(1)"]
+)
+def test_bad_urls_are_refused(field: str, url: str) -> None:
+    with pytest.raises(ValueError, match=f"{field} .* must be an absolute http\\(s\\) URL"):
+        PXConfig(KEY, **dict[str, Any]({field: url}))
+
+
+def test_unknown_sdk_config_key_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown sdk_config keys \['usePost'\]; known keys"):
+        PXConfig(KEY, sdk_config={"usePost": True})
+    assert PXConfig(KEY, sdk_config={"usePOST": True}).sdk_config == {"usePOST": True}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"hash_field": "name"}, "hash_field must be 'id' or 'email'"),
+        ({"hash_encoding": "base32"}, "hash_encoding must be 'hex' or 'base64'"),
+        ({"exclude_paths": "/admin/*"}, "exclude_paths must be a tuple of strings"),
+        ({"session_timeout": 0}, "session_timeout must be positive"),
+        ({"rate_limit": -1.0}, "rate_limit must be positive"),
+        ({"max_queue_bytes": 10}, "max_queue_bytes >= 1024"),
+        ({"concurrency": 0}, "concurrency must be >= 1"),
+        ({"bot_pattern": "("}, "bot_pattern is not a valid regular expression"),
+    ],
+)
+def test_other_validation_messages(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PXConfig(KEY, **kwargs)
+
+
+def test_repr_and_str_never_show_secrets() -> None:
+    config = PXConfig(
+        KEY, hmac_secret="hmac-SECRET-1", api_key="api-SECRET-2", cookie_secret="cookie-SECRET-3"
+    )
+    for text in (repr(config), str(config), f"{config}", f"{config!r}"):
+        assert "SECRET" not in text
+        assert KEY in text  # the rest is still there for debugging
+
+
+def test_secrets_stay_usable() -> None:
+    config = PXConfig(KEY, hmac_secret="h", api_key="a")
+    assert (config.hmac_secret, config.api_key) == ("h", "a")
+    assert config.session_signing_secret == "h"
+    assert PXConfig(KEY, api_key="a").session_signing_secret == "a"
+    assert PXConfig(KEY, hmac_secret="h", cookie_secret="c").session_signing_secret == "c"
+    assert PXConfig(KEY).session_signing_secret is None
+
+
+# -- data centers -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("dc", "sdk", "rest"),
+    [
+        ("US", "https://web-sdk.aptrinsic.com/api/aptrinsic.js", "https://api.aptrinsic.com/v1"),
+        ("EU", "https://web-sdk-eu.aptrinsic.com/api/aptrinsic.js",
+         "https://api-eu.aptrinsic.com/v1"),
+        ("US2", "https://web-sdk-us2.aptrinsic.com/api/aptrinsic.js",
+         "https://api-us2.aptrinsic.com/v1"),
+        ("local", "http://127.0.0.1:8787/api/aptrinsic.js", "http://127.0.0.1:8787/v1"),
+    ],
+)
+def test_data_center_picks_the_sdk_and_rest_urls(dc: Any, sdk: str, rest: str) -> None:
+    config = PXConfig(KEY, data_center=dc)
+    assert (config.sdk_script_url, config.rest_url) == (sdk, rest)
+
+
+def test_local_data_center_follows_local_url() -> None:
+    config = PXConfig(KEY, data_center="local", local_url="http://localhost:9000/")
+    assert config.sdk_script_url == "http://localhost:9000/api/aptrinsic.js"
+    assert config.rest_url == "http://localhost:9000/v1"
+
+
+def test_explicit_urls_win_over_the_data_center() -> None:
+    config = PXConfig(KEY, data_center="EU", sdk_url="https://proxy.example.com/px.js",
+                      api_url="https://proxy.example.com/px/v1/")
+    assert config.sdk_script_url == "https://proxy.example.com/px.js"
+    assert config.rest_url == "https://proxy.example.com/px/v1"
+
+
+def test_events_need_an_api_key() -> None:
+    assert not PXConfig(KEY).events_enabled
+    assert PXConfig(KEY, api_key="a").events_enabled
+    assert not PXConfig(KEY, api_key="a", track_events=False).events_enabled
+
+
+# -- paths --------------------------------------------------------------------------------------
+
+def test_path_globs_excludes_win_over_includes() -> None:
+    allowed = PXConfig(
+        KEY, include_paths=("/app/*", "/"), exclude_paths=["/app/admin/*"]  # type: ignore[arg-type]
+    ).path_allowed()
+    assert allowed("/") and allowed("/app/home") and allowed("/app/a/b")
+    assert not allowed("/app/admin/users")
+    assert not allowed("/other")
+    everything = PXConfig(KEY).path_allowed()
+    assert everything("/anything") and everything("")
+
+
+# -- from_env / from_mapping ----------------------------------------------------------------------
+
+def test_from_env_converts_types() -> None:
+    env = {
+        "PX_PRODUCT_KEY": KEY,
+        "PX_HMAC_SECRET": "s3cret",
+        "PX_DATA_CENTER": "EU",
+        "PX_INJECT_ANONYMOUS": "false",
+        "PX_TRACK_EVENTS": "Yes",
+        "PX_SESSION_TIMEOUT": "900.5",
+        "PX_CONCURRENCY": "2",
+        "PX_DAILY_BUDGET": "",
+        "PX_EXCLUDE_PATHS": "/static/*, /health ,",
+        "PX_INJECT_STATUSES": "200,203",
+        "PX_SDK_CONFIG": '{"usePOST": true}',
+        "PX_OUTBOX_PATH": "",
+        "HOME": "/root",  # not ours: ignored
+    }
+    config = PXConfig.from_env(env)
+    assert config.hmac_secret == "s3cret"
+    assert config.data_center == "EU"
+    assert config.inject_anonymous is False
+    assert config.track_events is True
+    assert config.session_timeout == 900.5
+    assert config.concurrency == 2
+    assert config.daily_budget is None
+    assert config.exclude_paths == ("/static/*", "/health")
+    assert config.inject_statuses == frozenset({200, 203})
+    assert config.sdk_config == {"usePOST": True}
+    assert config.outbox_path is None
+
+
+def test_from_env_reads_os_environ_and_takes_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("PX_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PX_PRODUCT_KEY", KEY)
+    monkeypatch.setenv("PX_INJECT", "0")
+    config = PXConfig.from_env(api_key="override")
+    assert (config.product_key, config.inject, config.api_key) == (KEY, False, "override")
+
+
+def test_from_mapping_passes_real_values_through() -> None:
+    config = PXConfig.from_mapping(
+        {"PX_PRODUCT_KEY": KEY, "PX_INJECT_STATUSES": {200, 404}, "PX_RATE_LIMIT": 10,
+         "SECRET_KEY": "flask's own setting"}
+    )
+    assert config.inject_statuses == frozenset({200, 404})
+    assert config.rate_limit == 10
+
+
+def test_unknown_setting_is_an_error_that_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown setting PX_HMAC_SECRT; known settings: "
+                                         r"PX_PRODUCT_KEY, PX_HMAC_SECRET"):
+        PXConfig.from_env({"PX_PRODUCT_KEY": KEY, "PX_HMAC_SECRT": "x"})
+
+
+def test_missing_product_key() -> None:
+    with pytest.raises(ValueError, match="PX_PRODUCT_KEY is required"):
+        PXConfig.from_env({"PX_HMAC_SECRET": "x"})
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        ("PX_INJECT", "maybe", r"PX_INJECT='maybe' is not a boolean"),
+        ("PX_CONCURRENCY", "two", r"PX_CONCURRENCY='two' is not a number"),
+        ("PX_SESSION_TIMEOUT", "30m", r"PX_SESSION_TIMEOUT='30m' is not a number"),
+        ("PX_INJECT_STATUSES", "200,ok", r"must be comma-separated integers"),
+        ("PX_SDK_CONFIG", "{usePOST}", r"PX_SDK_CONFIG must be a JSON object"),
+        ("PX_SDK_CONFIG", "[1]", r"PX_SDK_CONFIG must be a JSON object"),
+    ],
+)
+def test_conversion_errors_name_the_variable(name: str, raw: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PXConfig.from_env({"PX_PRODUCT_KEY": KEY, name: raw})
+
+
+def test_empty_secret_in_the_environment_means_unset() -> None:
+    """An empty ``PX_HMAC_SECRET=`` is "not configured" (as shells and .env files write an
+    unset value), unlike ``PXConfig(hmac_secret="")`` in code, which is a mistake."""
+    assert PXConfig.from_env({"PX_PRODUCT_KEY": KEY, "PX_HMAC_SECRET": ""}).hmac_secret is None
+
+
+def test_every_field_is_reachable_from_the_environment() -> None:
+    names = {f.name for f in dataclasses.fields(PXConfig)}
+    assert "product_key" in names and "hmac_secret" in names
+    config = PXConfig.from_env({"PX_PRODUCT_KEY": KEY, "PX_COOKIE_NAME": "px"})
+    assert config.cookie_name == "px"
+
+
+def test_config_is_frozen() -> None:
+    config = PXConfig(KEY)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.product_key = "AP-OTHERKEY1234-2"  # type: ignore[misc]

@@ -1,0 +1,266 @@
+"""``Exchange``: the per-response decisions both adapters share (nonce, attributes, heads)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from px_middleware import Account, Identity, PXConfig, User
+from px_middleware.counters import Counters
+from px_middleware.exchange import Exchange, csp_nonce_from_headers
+
+KEY = "AP-TESTKEY12345-2"
+PAGE = b"<!doctype html><html><head><title>t</title></head><body>hi</body></html>"
+AT = len(b"<!doctype html><html><head>")
+HTML = ("Content-Type", "text/html; charset=utf-8")
+ADA = Identity(User(id="u-1", email="ada@example.com"), Account(id="acme"))
+
+
+def make(config: PXConfig | None = None, method: str = "GET",
+         request_headers: dict[str, str] | None = None) -> tuple[Exchange, Counters]:
+    counters = Counters()
+    lowered = {k.lower(): v for k, v in (request_headers or {}).items()}
+    exchange = Exchange(
+        config or PXConfig(KEY),
+        counters,
+        method=method,
+        path="/page",
+        header=lambda name: lowered.get(name.lower()),
+        path_allowed=lambda path: True,
+    )
+    return exchange, counters
+
+
+def serve(exchange: Exchange, chunks: list[bytes]) -> bytes:
+    return b"".join([exchange.feed(c) for c in chunks] + [exchange.close()])
+
+
+def injected(headers: list[tuple[str, str]], identity: Identity | None = ADA,
+             **begin: Any) -> tuple[Exchange, Counters, bytes | None]:
+    """Run one page through; the body, or None when the exchange declined."""
+    exchange, counters = make()
+    assert exchange.accepts(200, headers)
+    if not exchange.begin(headers, identity, **begin):
+        return exchange, counters, None
+    return exchange, counters, serve(exchange, [PAGE])
+
+
+def script_of(body: bytes) -> bytes:
+    start = body.index(b"<script data-px-middleware")
+    return body[start : body.index(b"</script>", start) + len(b"</script>")]
+
+
+def call_args(script: bytes, name: str) -> list[Any]:
+    text = script.decode()
+    pos = text.index(f'aptrinsic("{name}"') + len(f'aptrinsic("{name}"')
+    args, decoder = [], json.JSONDecoder()
+    while text[pos] == ",":
+        value, pos = decoder.raw_decode(text, pos + 1)
+        args.append(value)
+    return args
+
+
+# -- CSP ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "default-src 'self'; script-src 'self' 'nonce-r4nd0m+/=='",
+        "script-src 'nonce-r4nd0m+/==' 'strict-dynamic'; object-src 'none'",
+        "default-src 'self' 'nonce-r4nd0m+/=='",
+        "script-src 'unsafe-inline'; script-src-elem 'nonce-r4nd0m+/=='",
+    ],
+)
+def test_csp_nonce_is_taken_from_the_response_header(policy: str) -> None:
+    _, _, body = injected([HTML, ("Content-Security-Policy", policy)])
+    assert body is not None
+    assert script_of(body).startswith(b'<script data-px-middleware="1" nonce="r4nd0m+/==">')
+
+
+@pytest.mark.parametrize(
+    "policy",
+    ["default-src 'self'", "script-src 'self' https://cdn.example.com",
+     "script-src 'strict-dynamic' 'sha256-abc='", "script-src-elem 'self'"],
+)
+def test_csp_that_blocks_inline_scripts_without_a_nonce_means_skip(policy: str) -> None:
+    exchange, counters, body = injected([HTML, ("Content-Security-Policy", policy)])
+    assert body is None
+    assert exchange.skip_reason == "a CSP nonce is required but none was found (fail closed)"
+    assert counters.snapshot()["skipped"] == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [HTML, ("Content-Security-Policy", "script-src 'self' 'unsafe-inline'")],
+        [HTML, ("Content-Security-Policy", "img-src 'self'")],  # scripts unrestricted
+        [HTML, ("Content-Security-Policy-Report-Only", "script-src 'none'")],  # reports only
+        [HTML],
+    ],
+)
+def test_csp_that_allows_inline_scripts_needs_no_nonce(headers: list[tuple[str, str]]) -> None:
+    _, _, body = injected(headers)
+    assert body is not None
+    assert script_of(body).startswith(b'<script data-px-middleware="1">')
+
+
+def test_every_csp_header_is_enforced() -> None:
+    # Two policies: the second blocks inline scripts, so the page needs a nonce.
+    needs, nonce = csp_nonce_from_headers([
+        ("Content-Security-Policy", "script-src 'unsafe-inline'"),
+        ("content-security-policy", "default-src 'self' 'nonce-abc'"),
+    ])
+    assert (needs, nonce) == (True, "abc")
+
+
+def test_explicit_nonce_wins_over_the_header() -> None:
+    _, _, body = injected([HTML, ("Content-Security-Policy", "script-src 'nonce-fromheader'")],
+                          nonce="fromapp")
+    assert body is not None and b' nonce="fromapp">' in body
+
+
+def test_nonce_required_and_missing_fails_closed() -> None:
+    exchange, _, body = injected([HTML], nonce=None, nonce_required=True)
+    assert body is None
+    assert exchange.skip_reason == "a CSP nonce is required but none was found (fail closed)"
+    assert exchange.injector is None
+
+
+def test_nonce_required_and_given_injects() -> None:
+    _, _, body = injected([HTML], nonce="abc123", nonce_required=True)
+    assert body is not None and b' nonce="abc123">' in body
+
+
+@pytest.mark.parametrize("nonce", ['abc" onload="alert(1)', "a b", "<x>", "é"])
+def test_a_nonce_with_bad_characters_means_skip(nonce: str) -> None:
+    exchange, _, body = injected([HTML], nonce=nonce)
+    assert body is None
+    assert exchange.skip_reason == (
+        "snippet not rendered: CSP nonce must be 1-256 base64 characters"
+    )
+
+
+# -- attributes -------------------------------------------------------------------------------
+
+def test_a_bad_attribute_is_dropped_and_counted_and_the_rest_is_sent() -> None:
+    identity = Identity(
+        User(id="u-1", first_name="Ada", custom={"tags": ["a", "b"], "seats": 3}),
+        Account(id="acme", custom={"founded": float("nan"), "plan": "pro"}),
+    )
+    _, counters, body = injected([HTML], identity)
+    assert body is not None
+    assert call_args(script_of(body), "identify") == [
+        {"id": "u-1", "firstName": "Ada", "seats": 3},
+        {"id": "acme", "plan": "pro"},
+    ]
+    assert counters.snapshot()["attributes_dropped"] == 2
+    assert counters.snapshot()["injected"] == 1
+
+
+def test_set_user_values_are_coerced_and_bad_ones_dropped() -> None:
+    _, counters, body = injected(
+        [HTML],
+        set_user={
+            "trialEnds": dt.date(2024, 1, 2),
+            "seats": Decimal("3"),
+            "ratio": Decimal("0.25"),
+            "beta": True,
+            "gone": None,
+            "bad": float("inf"),
+            "nested": {"a": 1},
+        },
+    )
+    assert body is not None
+    assert call_args(script_of(body), "set") == [
+        "user", {"trialEnds": 1_704_153_600_000, "seats": 3, "ratio": 0.25, "beta": True}
+    ]
+    assert counters.snapshot()["attributes_dropped"] == 2
+
+
+def test_user_hash_that_cannot_be_computed_means_skip() -> None:
+    exchange, _ = make(PXConfig(KEY, hmac_secret="s", hash_field="email"))
+    assert exchange.accepts(200, [HTML])
+    assert not exchange.begin([HTML], Identity(User(id="u-1")))
+    assert exchange.skip_reason == (
+        "snippet not rendered: cannot compute userHash: user has no 'email'"
+    )
+
+
+# -- decisions and heads ----------------------------------------------------------------------
+
+def test_identified_page_with_content_length() -> None:
+    headers = [HTML, ("Content-Length", str(len(PAGE))), ("ETag", '"v1"')]
+    exchange, counters = make()
+    assert exchange.accepts(200, headers)
+    assert exchange.begin(headers, ADA)
+    with pytest.raises(RuntimeError, match="Content-Length is known only once"):
+        exchange.headers()  # undecided: the length is not known yet
+    body = serve(exchange, [PAGE[:10], PAGE[10:]])
+    snippet = script_of(body)
+    assert body == PAGE[:AT] + snippet + PAGE[AT:]
+    assert exchange.headers() == [
+        HTML, ("Content-Length", str(len(body))), ("ETag", 'W/"v1"'), ("Cache-Control", "private"),
+    ]
+    assert counters.snapshot() == {"injected": 1, "identified": 1}
+
+
+def test_anonymous_page_keeps_its_cache_control() -> None:
+    headers = [HTML, ("Cache-Control", "public, max-age=60")]
+    exchange, counters, body = injected(headers, None)
+    assert body is not None and b'aptrinsic("identify"' not in body
+    assert exchange.headers() == headers  # no Content-Length, no ETag: nothing to change
+    assert counters.snapshot() == {"injected": 1}
+
+
+def test_public_page_with_identity_is_skipped() -> None:
+    exchange, _, body = injected([HTML, ("Cache-Control", "public, max-age=60")])
+    assert body is None
+    assert exchange.skip_reason == "Cache-Control says public; an identified page must stay private"
+
+
+def test_inject_anonymous_false() -> None:
+    exchange, _ = make(PXConfig(KEY, inject_anonymous=False))
+    assert exchange.accepts(200, [HTML])
+    assert not exchange.begin([HTML], None)
+    assert exchange.skip_reason == "anonymous visitor and inject_anonymous=False"
+
+
+def test_inject_false_skips_at_the_request() -> None:
+    exchange, _ = make(PXConfig(KEY, inject=False))
+    assert exchange.skip_reason == "injection disabled (inject=False)"
+
+
+def test_request_and_response_reasons_are_the_policy_ones() -> None:
+    exchange, _ = make(request_headers={"X-Requested-With": "XMLHttpRequest"})
+    assert exchange.skip_reason == "XHR request (X-Requested-With)"
+    exchange, counters = make()
+    assert not exchange.accepts(200, [("Content-Type", "application/json")])
+    assert exchange.skip_reason == "media type 'application/json' is not HTML"
+    assert counters.snapshot() == {"skipped": 1}
+
+
+def test_a_fragment_is_passed_through_and_counted_as_skipped() -> None:
+    fragment = b"<div>partial</div>"
+    headers = [HTML, ("Content-Length", str(len(fragment))), ("ETag", '"v1"')]
+    exchange, counters = make()
+    assert exchange.accepts(200, headers)
+    assert exchange.begin(headers, None)
+    assert serve(exchange, [fragment]) == fragment
+    assert exchange.headers() == headers
+    assert counters.snapshot() == {"skipped": 1}
+    assert exchange.skip_reason == "<div> before <head>/<body>: not a document"
+
+
+def test_identified_fragment_with_content_length_keeps_the_apps_head() -> None:
+    fragment = b"<div>partial</div>"
+    headers = [HTML, ("Content-Length", str(len(fragment))), ("ETag", '"v1"')]
+    exchange, _ = make()
+    assert exchange.accepts(200, headers)
+    assert exchange.begin(headers, ADA)
+    assert serve(exchange, [fragment]) == fragment
+    # The body is the app's, byte for byte, and the length is known: nothing to change.
+    assert exchange.headers() == headers

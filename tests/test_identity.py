@@ -1,0 +1,287 @@
+"""PX attribute typing: the coercion table, every rejection and its message, ids, identity.
+
+Epoch values are worked out by hand (or with ``timedelta`` floor division, a different
+route from the implementation's), never taken from ``to_epoch_ms`` itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import math
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from px_middleware import Account, Identity, User
+from px_middleware.identity import MAX_STRING_LENGTH, as_identity, coerce, to_epoch_ms
+from px_middleware.snippet import js_value
+
+UTC = dt.timezone.utc
+DAY_MS = 86_400_000
+# 2024-01-02 is day 19724 since 1970-01-01 (54 years incl. 13 leap days, plus one day).
+JAN_2_2024_MS = 19_724 * DAY_MS
+
+
+class Plan(enum.Enum):
+    PRO = "pro"
+
+
+class Seats(enum.IntEnum):
+    TEN = 10
+
+
+class Flag(enum.Enum):
+    ON = True
+
+
+class Weird(enum.Enum):
+    PAIR = (1, 2)
+
+
+def test_epoch_constant_is_right() -> None:
+    assert JAN_2_2024_MS == 1_704_153_600_000
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("text", "text"),
+        ("", ""),
+        ("é🎉", "é🎉"),
+        ("x" * MAX_STRING_LENGTH, "x" * MAX_STRING_LENGTH),
+        (0, 0),
+        (-7, -7),
+        (2**53 + 1, 2**53 + 1),
+        (1.5, 1.5),
+        (-0.0, -0.0),
+        (True, True),
+        (False, False),
+        (Decimal("2"), 2),
+        (Decimal("2.000"), 2),
+        (Decimal("1.25"), 1.25),
+        (Decimal("-1E+3"), -1000),
+        (Plan.PRO, "pro"),
+        (Seats.TEN, 10),
+        (Flag.ON, True),
+        (dt.date(2024, 1, 2), JAN_2_2024_MS),  # a date is midnight UTC
+        (dt.datetime(2024, 1, 2, 0, 0, 0, 999, tzinfo=UTC), JAN_2_2024_MS),  # sub-ms dropped
+        # Naive datetimes are taken as UTC (documented rule: servers should run in UTC;
+        # guessing the local zone would differ between machines).
+        (dt.datetime(2024, 1, 2, 3, 4, 5, 678_901), JAN_2_2024_MS + 11_045_678),
+        # The same instant written in India Standard Time.
+        (dt.datetime(2024, 1, 2, 5, 30, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
+         JAN_2_2024_MS),
+        (dt.datetime(2024, 1, 1, 19, 0, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+         JAN_2_2024_MS),
+        (dt.date(1969, 7, 20), -165 * DAY_MS),  # before the epoch
+        (dt.date(1970, 1, 1), 0),
+    ],
+)
+def test_coercion_table(value: Any, expected: Any) -> None:
+    result = coerce("attr", value)
+    assert result == expected
+    assert type(result) is type(expected)  # bool stays bool, int stays int, 2.0 never
+
+
+def test_bool_and_int_stay_distinct() -> None:
+    assert coerce("flag", True) is True
+    assert type(coerce("n", 1)) is int
+    assert js_value(coerce("flag", True)) == "true"
+    assert js_value(coerce("n", 1)) == "1"
+
+
+def test_none_means_omit() -> None:
+    assert coerce("attr", None) is None
+    user = User(id="u", email=None, custom={"plan": None, "seats": 0, "trial": False})
+    assert user.attributes() == {"id": "u", "seats": 0, "trial": False}
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        (float("nan"), ValueError, r"attribute 'attr': nan is not a finite number"),
+        (float("inf"), ValueError, r"attribute 'attr': inf is not a finite number"),
+        (-float("inf"), ValueError, r"attribute 'attr': -inf is not a finite number"),
+        (Decimal("NaN"), ValueError, r"attribute 'attr': Decimal\('NaN'\) is not a finite"),
+        (Decimal("sNaN"), ValueError, r"attribute 'attr': Decimal\('sNaN'\) is not a finite"),
+        (Decimal("-Infinity"), ValueError, r"Decimal\('-Infinity'\) is not a finite number"),
+        (Decimal("1.5E+400"), ValueError, r"attribute 'attr': number out of range"),
+        (Decimal("1E+400"), ValueError, r"attribute 'attr': number out of range"),
+        (10**400, ValueError, r"attribute 'attr': number out of range"),
+        (-(10**309), ValueError, r"attribute 'attr': number out of range"),
+        ("x" * (MAX_STRING_LENGTH + 1), ValueError,
+         r"attribute 'attr': string of 4097 characters is longer than 4096"),
+        ({"a": 1}, TypeError, r"attribute 'attr': dict is not a PX type"),
+        ([1, 2], TypeError, r"attribute 'attr': list is not a PX type"),
+        ((1, 2), TypeError, r"attribute 'attr': tuple is not a PX type"),
+        ({1}, TypeError, r"attribute 'attr': set is not a PX type"),
+        (b"bytes", TypeError, r"attribute 'attr': bytes is not a PX type"),
+        (bytearray(b"x"), TypeError, r"attribute 'attr': bytearray is not a PX type"),
+        (object(), TypeError, r"attribute 'attr': object is not a PX type"),
+        (dt.time(12, 0), TypeError, r"attribute 'attr': time is not a PX type"),
+        (dt.timedelta(1), TypeError, r"attribute 'attr': timedelta is not a PX type"),
+        (1 + 2j, TypeError, r"attribute 'attr': complex is not a PX type"),
+        (Weird.PAIR, TypeError, r"attribute 'attr': tuple is not a PX type"),
+    ],
+)
+def test_rejections_name_the_attribute(value: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        coerce("attr", value)
+
+
+def test_largest_finite_number_is_still_accepted() -> None:
+    assert coerce("n", int(1.7976931348623157e308)) == int(1.7976931348623157e308)
+    assert coerce("n", 1.7976931348623157e308) == 1.7976931348623157e308
+
+
+# -- ids -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("raw", "expected"), [(42, "42"), (0, "0"), ("u-1", "u-1"),
+                                               ("é 1", "é 1")])
+def test_ids_are_strings_ints_become_strings(raw: Any, expected: str) -> None:
+    assert User(id=raw).id == expected
+    assert Account(id=raw).id == expected
+    assert User(id=raw).attributes()["id"] == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "error", "message"),
+    [
+        ("", ValueError, r"User.id must not be empty"),
+        ("  \t", ValueError, r"User.id must not be empty"),
+        (True, TypeError, r"User.id must be a str or int, not bool"),
+        (1.0, TypeError, r"User.id must be a str or int, not float"),
+        (None, TypeError, r"User.id must be a str or int, not NoneType"),
+        (b"u", TypeError, r"User.id must be a str or int, not bytes"),
+    ],
+)
+def test_bad_ids_are_refused(raw: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        User(id=raw)
+    with pytest.raises(error, match=message.replace("User", "Account")):
+        Account(id=raw)
+
+
+def test_custom_attributes_must_be_a_mapping_with_string_names() -> None:
+    with pytest.raises(TypeError, match=r"User\.custom must be a mapping"):
+        User(id="u", custom=[("a", 1)])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="custom attribute names must be non-empty strings"):
+        User(id="u", custom={1: "x"})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="custom attribute names must be non-empty strings"):
+        Account(id="a", custom={"": "x"})
+
+
+# -- attributes() -----------------------------------------------------------------------------
+
+def test_default_fields_use_px_api_names() -> None:
+    user = User(
+        id="u", email="e@x.io", first_name="Ada", last_name="L", title="CTO", role="admin",
+        phone="1", gender="f", account_id="a", subscription_id="s", score=1.5,
+        number_of_visits=2, sign_up_date=dt.date(2024, 1, 2), first_visit_date=dt.date(1970, 1, 1),
+        country_name="FR", state_name="IDF", city="Paris",
+    )
+    assert user.attributes() == {
+        "id": "u", "email": "e@x.io", "firstName": "Ada", "lastName": "L", "title": "CTO",
+        "role": "admin", "phone": "1", "gender": "f", "accountId": "a", "subscriptionId": "s",
+        "score": 1.5, "numberOfVisits": 2, "signUpDate": JAN_2_2024_MS, "firstVisitDate": 0,
+        "countryName": "FR", "stateName": "IDF", "city": "Paris",
+    }
+    account = Account(
+        id="a", name="Acme", industry="Tools", plan="pro", website="https://acme.test",
+        sfdc_id="0015", tracked_subscription_id="t", duns_number="d", sic_code="s",
+        naics_code="n", number_of_employees=10, number_of_users=3, country_name="US",
+        state_name="CA", city="SF",
+    )
+    assert account.attributes() == {
+        "id": "a", "name": "Acme", "industry": "Tools", "plan": "pro",
+        "website": "https://acme.test", "sfdcId": "0015", "trackedSubscriptionId": "t",
+        "dunsNumber": "d", "sicCode": "s", "naicsCode": "n", "numberOfEmployees": 10,
+        "numberOfUsers": 3, "countryName": "US", "stateName": "CA", "city": "SF",
+    }
+
+
+def test_custom_names_are_sent_as_given() -> None:
+    user = User(id="u", custom={"plan_tier": "gold", "isBeta": True, "id": "ignored"})
+    assert user.attributes() == {"id": "u", "plan_tier": "gold", "isBeta": True}
+
+
+def test_bad_attribute_raises_without_a_callback() -> None:
+    user = User(id="u", score=float("nan"))
+    with pytest.raises(ValueError, match="attribute 'score'"):
+        user.attributes()
+
+
+def test_bad_attributes_go_to_the_callback_and_the_rest_is_kept() -> None:
+    seen: list[tuple[str, str]] = []
+    user = User(id="u", email="e@x.io", score=float("inf"),
+                custom={"tags": ["a"], "ok": 1, "blob": b"x"})
+    result = user.attributes(lambda name, exc: seen.append((name, type(exc).__name__)))
+    assert result == {"id": "u", "email": "e@x.io", "ok": 1}
+    assert seen == [("score", "ValueError"), ("tags", "TypeError"), ("blob", "TypeError")]
+
+
+# -- Identity ---------------------------------------------------------------------------------
+
+def test_identity_checks_its_parts() -> None:
+    with pytest.raises(TypeError, match=r"Identity\.user must be a User, not Account"):
+        Identity(Account(id="a"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Identity\.account must be an Account, not User"):
+        Identity(User(id="u"), User(id="v"))  # type: ignore[arg-type]
+
+
+def test_as_identity_accepts_what_identify_may_return() -> None:
+    user = User(id="u")
+    assert as_identity(None) is None
+    assert as_identity(user) == Identity(user)
+    identity = Identity(user, Account(id="a"))
+    assert as_identity(identity) is identity
+    with pytest.raises(TypeError, match="identify\\(\\) must return Identity, User or None"):
+        as_identity({"id": "u"})
+
+
+# -- round trips through the page ----------------------------------------------------------------
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
+_ZONES = st.sampled_from([UTC, dt.timezone(dt.timedelta(hours=-11)),
+                          dt.timezone(dt.timedelta(hours=13, minutes=45))])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.one_of(
+        st.booleans(),
+        st.integers(-(2**63), 2**63),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=200),
+        st.datetimes(timezones=_ZONES),
+        st.datetimes(),
+        st.dates(),
+        st.decimals(allow_nan=False, allow_infinity=False, places=3,
+                    min_value=-(10**12), max_value=10**12),
+    )
+)
+def test_coerced_values_round_trip_through_the_page(value: Any) -> None:
+    """What the browser's JSON.parse sees equals PX's reading of the Python value."""
+    decoded = json.loads(js_value({"v": coerce("v", value)}))["v"]
+    if isinstance(value, dt.datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        assert decoded == (aware - _EPOCH) // dt.timedelta(milliseconds=1)
+    elif isinstance(value, dt.date):
+        assert decoded == (value - dt.date(1970, 1, 1)).days * DAY_MS
+    elif isinstance(value, Decimal):
+        assert math.isclose(decoded, float(value)) or decoded == float(value)
+        assert isinstance(decoded, int) == (value == value.to_integral_value())
+    else:
+        assert decoded == value
+        assert type(decoded) is type(value)
+
+
+def test_to_epoch_ms_floors_sub_millisecond_instants_before_1970() -> None:
+    # -0.5 ms is inside the millisecond that starts at -1 ms, as JavaScript's Date sees it.
+    assert to_epoch_ms(dt.datetime(1969, 12, 31, 23, 59, 59, 999_500, tzinfo=UTC)) == -1
+    assert to_epoch_ms(dt.datetime(1970, 1, 1, 0, 0, 0, 999, tzinfo=UTC)) == 0
