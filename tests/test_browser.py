@@ -1,0 +1,201 @@
+"""Real-browser end-to-end tests: Debian's Chromium, driven by Playwright's Python API.
+
+Both example apps run under real servers (gunicorn, uvicorn) against the local PX
+stand-in; the stand-in SDK records every ``aptrinsic(...)`` call the browser makes and
+verifies ``userHash``. Nothing is mocked: what the devserver stored is what the
+browser executed and what the server delivered. Never downloads a browser: without
+/usr/bin/chromium these tests skip locally and fail in CI (``CI=true``).
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import hmac
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.devserver import DevServer
+from tests.support.hostile_app import HOSTILE, HOSTILE_NAME
+from tests.support.servers import Server, gunicorn, uvicorn
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+KEY = "AP-BROWSER00001-2"
+# Headless Chromium says "HeadlessChrome", which the default bot_pattern does not track.
+USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/156.0 Safari/537.36"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]
+
+
+def epoch_ms(year: int, month: int, day: int) -> int:
+    return calendar.timegm((year, month, day, 0, 0, 0)) * 1000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        message = "Debian's chromium is not installed (apt-get install chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
+        context = playwright.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=ARGS,
+            user_agent=USER_AGENT,
+        )
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    browser.clear_cookies()
+    page = browser.new_page()
+    yield page
+    page.close()
+
+
+def px_env(devserver: DevServer, tmp_path: Path) -> dict[str, str]:
+    return {
+        "PX_PRODUCT_KEY": KEY,
+        "PX_DATA_CENTER": "local",
+        "PX_LOCAL_URL": devserver.base_url,
+        "PX_HMAC_SECRET": devserver.hmac_secret,
+        "PX_API_KEY": devserver.api_key,
+        "FLASK_APP_DB": str(tmp_path / "flask_app.sqlite3"),
+    }
+
+
+EXAMPLES: dict[str, Callable[[dict[str, str]], AbstractContextManager[Server]]] = {
+    "flask": lambda env: gunicorn("examples.flask_app:app", "--workers", "2", env=env),
+    "starlette": lambda env: uvicorn("examples.starlette_app:app", env=env),
+}
+
+
+def calls(devserver: DevServer, method: str) -> list[dict[str, Any]]:
+    return [c for c in devserver.sdk_calls() if c["method"] == method]
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES))
+def test_login_identify_events_and_logout(
+    example: str, page: Any, devserver: DevServer, tmp_path: Path
+) -> None:
+    with EXAMPLES[example](px_env(devserver, tmp_path)) as server:
+        # Anonymous: the loader runs (the stand-in SDK replaced the stub), no identify.
+        page.goto(server.url + "/")
+        page.wait_for_function("Array.isArray(window.__pxCalls)")
+        assert page.evaluate("window.__pxCalls.length") == 0
+        assert calls(devserver, "identify") == []
+
+        page.goto(server.url + "/login")
+        page.fill("input[name=email]", "alice@acme.test")
+        page.fill("input[name=password]", "alice")
+        page.click("form[method=post] button[type=submit], form[method=post] button")
+        page.wait_for_load_state()
+
+        identify = devserver.wait_for(lambda: calls(devserver, "identify"))[0]
+        user, account = identify["args"]
+        expected_hash = hmac.new(devserver.hmac_secret.encode(), user["id"].encode(),
+                                 hashlib.sha256).hexdigest()
+        assert identify["hash_valid"] is True and user["userHash"] == expected_hash
+        assert {k: v for k, v in user.items() if k != "userHash"} == {
+            "id": user["id"], "email": "alice@acme.test", "firstName": "Alice",
+            "lastName": "Anders", "role": "Admin", "accountId": "acme",
+            "signUpDate": epoch_ms(2024, 2, 12),
+        }
+        assert account == {
+            "id": "acme", "name": "Acme Corporation", "plan": "Enterprise",
+            "industry": "Manufacturing", "seats": 50, "contractEnd": epoch_ms(2027, 3, 31),
+        }
+        assert isinstance(account["seats"], int)  # a number, never a quoted string
+
+        page.goto(server.url + "/")  # navigate: the server records it too
+        page.wait_for_function("Array.isArray(window.__pxCalls)")
+        def two_page_views() -> list[dict[str, Any]]:
+            views = devserver.events(eventName="page_view", identifyId=user["id"])
+            return views if len(views) >= 2 else []
+
+        views = devserver.wait_for(two_page_views, timeout=20)
+        assert all(v["accountId"] == "acme" and v["userType"] == "USER" for v in views)
+        starts = devserver.events(eventName="session_start", identifyId=user["id"])
+        assert len(starts) == 1 and starts[0]["sessionId"] == views[0]["sessionId"]
+        upserted = devserver.wait_for(
+            lambda: [u for u in devserver.users() if u["identifyId"] == user["id"]]
+        )[0]
+        assert upserted["signUpDate"] == epoch_ms(2024, 2, 12)
+
+        page.click("form[action$='/logout'] button")
+        page.wait_for_load_state()
+        devserver.wait_for(lambda: calls(devserver, "reset"))
+        page.goto(server.url + "/")
+        page.wait_for_function("Array.isArray(window.__pxCalls)")
+        assert page.evaluate("window.__pxCalls.length") == 0
+        assert len(calls(devserver, "reset")) == 1
+        assert len(calls(devserver, "identify")) >= 1  # and none after the logout
+        last_identify = max(c["id"] for c in calls(devserver, "identify"))
+        assert last_identify < calls(devserver, "reset")[0]["id"]
+
+
+@pytest.fixture
+def hostile_server(devserver: DevServer, tmp_path: Path) -> Iterator[Server]:
+    with uvicorn("tests.support.hostile_app:create_app", "--factory",
+                 env=px_env(devserver, tmp_path)) as server:
+        yield server
+
+
+def test_hostile_attributes_cannot_escape_the_script(
+    page: Any, devserver: DevServer, hostile_server: Server
+) -> None:
+    page.goto(hostile_server.url + "/")
+    page.wait_for_function("Array.isArray(window.__pxCalls) && window.__pxCalls.length > 0")
+    assert page.evaluate("typeof window.pwned") == "undefined"
+    assert page.inner_text("h1") == "hostile"
+    recorded = devserver.wait_for(lambda: calls(devserver, "identify"))[0]
+    user, account = recorded["args"]
+    assert user["firstName"] == HOSTILE_NAME and user["lastName"] == HOSTILE
+    assert user["note"] == HOSTILE and user["comment"] == "<!--" and user["sep"] == "a\u2028b"
+    assert account["name"] == HOSTILE and account["motto"] == "' onload='window.pwned=2"
+    assert recorded["hash_valid"] is True
+
+
+def test_strict_csp_with_a_nonce_runs_identify_without_violations(
+    page: Any, devserver: DevServer, hostile_server: Server
+) -> None:
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
+    page.add_init_script(
+        "window.__violations = [];"
+        "document.addEventListener('securitypolicyviolation',"
+        " e => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));"
+    )
+    page.goto(hostile_server.url + "/csp")
+    page.wait_for_function("Array.isArray(window.__pxCalls) && window.__pxCalls.length > 0")
+    assert page.evaluate("window.appScriptRan") is True
+    assert page.evaluate("window.__violations") == []
+    assert not [m for m in console if "Content Security Policy" in m]
+    assert devserver.wait_for(lambda: calls(devserver, "identify"))
+
+
+def test_csp_that_blocks_inline_scripts_gets_no_snippet(
+    page: Any, devserver: DevServer, hostile_server: Server
+) -> None:
+    html = httpx.get(hostile_server.url + "/csp-without-nonce").text
+    assert "data-px-middleware" not in html  # fail closed: nothing the browser would block
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
+    page.goto(hostile_server.url + "/csp-without-nonce")
+    assert page.inner_text("h1") == "no nonce"
+    assert not [m for m in console if "Content Security Policy" in m]
+    assert calls(devserver, "identify") == []
