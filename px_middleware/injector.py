@@ -82,6 +82,7 @@ _opaque_end: dict[bytes, re.Pattern[bytes]] = {
 }
 
 _NEED_MORE = -1
+_END, _START = _TOKEN.groupindex["end"], _TOKEN.groupindex["start"]
 
 
 class Injector:
@@ -173,13 +174,13 @@ class Injector:
             token = match(data, lt, end)
             if token is None:
                 pos = self._odd(data, lt, end)
-            elif token.lastgroup == "start":
+            elif token.lastindex == _START:
                 pos = self._start_tag(data, token, end)
-            elif token.lastgroup == "end":
+            elif token.lastindex == _END:
                 pos = token.end()
                 if not self._in_head:
                     self._decide(None, "end tag before <head>/<body>: not a whole document")
-                elif token.group("end").lower() == b"head":
+                elif token.group(_END).lower() == b"head":
                     self._decide(self._insert_at)
             else:  # comment, doctype, processing instruction
                 pos = token.end()
@@ -202,28 +203,13 @@ class Injector:
         return lt + 1
 
     def _start_tag(self, data: bytes, token: re.Match[bytes], end: int) -> int:
-        name = token.group("start")
+        name = token.group(_START)
         kind = _ELEMENTS.get(name)
         if kind is None:
             name = name.lower()
             kind = _ELEMENTS.get(name)
         after = token.end()
-        if kind == _HTML:
-            return after
-        if kind == _HEAD:
-            if not self._in_head:
-                self._in_head, self._insert_at = True, after
-            return after
-        if kind == _BODY:
-            self._decide(self._insert_at if self._in_head else token.start())
-            return after
-        if kind is None:
-            if self._in_head:  # a body element implicitly closes the head
-                self._decide(self._insert_at)
-            else:
-                tag = name.decode(errors="replace")
-                self._decide(None, f"<{tag}> before <head>/<body>: not a document")
-            return after
+        # Most frequent first: a head is mostly metas, scripts, styles and links.
         if kind == _META:
             if self._in_head:
                 tag = token.group().lower()
@@ -234,8 +220,21 @@ class Injector:
             close = _opaque_end[name].search(data, after, end)
             if close is None:
                 return _NEED_MORE
-            lt = token.start()
-            if name == b"script" and data.find(LOADER_SIGNATURE, lt, close.start()) >= 0:
+            if name == b"script" and data.find(LOADER_SIGNATURE, after, close.start()) >= 0:
                 self._decide(None, "the page already has a PX loader")
             return close.end()
+        if kind == _HEAD_CONTENT or kind == _HTML:
+            return after
+        if kind == _HEAD:
+            if not self._in_head:
+                self._in_head, self._insert_at = True, after
+            return after
+        if kind == _BODY:
+            self._decide(self._insert_at if self._in_head else token.start())
+            return after
+        if self._in_head:  # any other element implicitly closes the head
+            self._decide(self._insert_at)
+        else:
+            tag = name.decode(errors="replace")
+            self._decide(None, f"<{tag}> before <head>/<body>: not a document")
         return after
