@@ -220,10 +220,11 @@ class Injector:
             close = _opaque_end[name].search(data, after, end)
             if close is None:
                 return _NEED_MORE
-            if name == b"script" and data.find(LOADER_SIGNATURE, after, close.start()) >= 0:
+            # From the tag itself: a loader may be ``<script src=".../aptrinsic.js">``.
+            if name == b"script" and data.find(LOADER_SIGNATURE, token.start(), close.start()) >= 0:
                 self._decide(None, "the page already has a PX loader")
             return close.end()
-        if kind == _HEAD_CONTENT or kind == _HTML:
+        if kind in (_HEAD_CONTENT, _HTML):
             return after
         if kind == _HEAD:
             if not self._in_head:
@@ -235,6 +236,6 @@ class Injector:
         if self._in_head:  # any other element implicitly closes the head
             self._decide(self._insert_at)
         else:
-            tag = name.decode(errors="replace")
-            self._decide(None, f"<{tag}> before <head>/<body>: not a document")
+            label = name.decode(errors="replace")
+            self._decide(None, f"<{label}> before <head>/<body>: not a document")
         return after
