@@ -32,6 +32,7 @@ def main(argv: list[str]) -> int:
         print(f"\n=== {name} ===", flush=True)
         start = time.perf_counter()
         try:
+            sys.argv = [f"benchmarks.{name}"]  # each parses its own (empty) arguments
             importlib.import_module(f"benchmarks.{name}").main()
         except (Exception, SystemExit):  # a broken benchmark must not hide the others
             failed.append(name)

@@ -116,6 +116,16 @@ def _field_names(cls: type) -> tuple[tuple[str, str], ...]:
     return names
 
 
+_DEFAULT_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _default_names(cls: type) -> frozenset[str]:
+    names = _DEFAULT_NAMES.get(cls)
+    if names is None:
+        names = _DEFAULT_NAMES[cls] = frozenset(api for _, api in _field_names(cls))
+    return names
+
+
 @dataclasses.dataclass(frozen=True)
 class _Subject:
     """Shared by ``User`` and ``Account``: id, default fields, custom attributes."""
@@ -134,9 +144,7 @@ class _Subject:
     @classmethod
     def default_names(cls) -> frozenset[str]:
         """The PX API names of the default (non-custom) attributes."""
-        return frozenset(
-            _camel(f.name) for f in dataclasses.fields(cls) if f.name not in ("id", "custom")
-        )
+        return _default_names(cls)
 
     def attributes(
         self, on_error: Callable[[str, Exception], None] | None = None
