@@ -1,0 +1,125 @@
+"""``python -m px_middleware load`` against the PX stand-in over real HTTP.
+
+The CLI runs as a subprocess, the way a user runs it; what the devserver stored and
+what the errors file says are the assertions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.devserver import DevServer
+
+KEY = "AP-LOADER000001-2"
+
+
+def write_users(path: Path, count: int, start: int = 0) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["identifyId", "email", "signUpDate", "score", "customAttributes.plan"])
+        for i in range(start, start + count):
+            writer.writerow([f"u{i}", f"u{i}@acme.test", "2024-01-02", str(i), "gold"])
+    return path
+
+
+def load(devserver: DevServer, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PX_API_KEY": devserver.api_key, "PX_PRODUCT_KEY": KEY}
+    return subprocess.run(
+        [sys.executable, "-m", "px_middleware", "load", *args, "--api-url", devserver.api_url],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_upsert_creates_then_updates_and_update_only_skips(
+    devserver: DevServer, tmp_path: Path
+) -> None:
+    users = write_users(tmp_path / "users.csv", 5)
+    first = load(devserver, "users", str(users), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "created 5, updated 0" in first.stderr
+    stored = {u["identifyId"]: u for u in devserver.users()}
+    assert stored["u3"]["signUpDate"] == 1704153600000 and stored["u3"]["score"] == 3
+    assert stored["u3"]["customAttributes"] == {"plan": "gold"}
+    assert stored["u3"]["propertyKeys"] == [KEY]
+
+    second = load(devserver, "users", str(users), cwd=tmp_path)
+    assert "created 0, updated 5" in second.stderr
+
+    more = write_users(tmp_path / "more.csv", 3, start=4)  # u4 exists, u5 and u6 do not
+    only = load(devserver, "users", str(more), "--update-only", cwd=tmp_path)
+    assert "updated 1, skipped 2" in only.stderr
+    assert sorted(u["identifyId"] for u in devserver.users()) == [f"u{i}" for i in range(5)]
+
+
+def test_dry_run_makes_no_request(devserver: DevServer, tmp_path: Path) -> None:
+    users = write_users(tmp_path / "users.csv", 4)
+    result = load(devserver, "users", str(users), "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    bodies = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [b["body"]["identifyId"] for b in bodies] == ["u0", "u1", "u2", "u3"]
+    assert bodies[0]["body"]["signUpDate"] == 1704153600000
+    assert devserver.requests() == []
+
+
+def test_a_429_storm_loses_no_row(devserver: DevServer, tmp_path: Path) -> None:
+    users = write_users(tmp_path / "users.csv", 20)
+    devserver.faults(fail_next=15, status=429, retry_after=0)
+    result = load(devserver, "users", str(users), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(u["identifyId"] for u in devserver.users()) == sorted(
+        f"u{i}" for i in range(20)
+    )
+    assert any(r["status"] == 429 for r in devserver.requests())
+
+
+def test_a_rejected_row_lands_in_the_errors_file_with_pxs_message(
+    devserver: DevServer, tmp_path: Path
+) -> None:
+    users = tmp_path / "users.csv"
+    users.write_text(
+        "identifyId,email,score\nu1,a@acme.test,1\nu2,b@acme.test,not-a-number\n"
+    )
+    result = load(devserver, "users", str(users), "--errors", "bad.csv", cwd=tmp_path)
+    assert "created 1" in result.stderr and "failed 1" in result.stderr
+    with (tmp_path / "bad.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["identifyId"] for r in rows] == ["u2"]
+    assert "score" in rows[0]["error"] and "not-a-number" in rows[0]["error"]
+
+
+def test_resume_after_a_kill_finishes_without_duplicates(
+    devserver: DevServer, tmp_path: Path
+) -> None:
+    users = write_users(tmp_path / "users.csv", 60)
+    devserver.faults(latency_ms=50)  # slow enough to be killed mid-file
+    env = {**os.environ, "PX_API_KEY": devserver.api_key, "PX_PRODUCT_KEY": KEY}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "px_middleware", "load", "users", str(users),
+         "--api-url", devserver.api_url, "--workers", "1"],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    state = tmp_path / "users.px-load-state.json"
+    devserver.wait_for(lambda: state.exists() and len(devserver.users()) >= 10, timeout=60)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = len(devserver.users())
+    assert done_before < 60
+    devserver.faults()  # back to full speed
+    requests_before = len(devserver.requests())
+    result = load(devserver, "users", str(users), "--resume", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(u["identifyId"] for u in devserver.users()) == sorted(
+        f"u{i}" for i in range(60)
+    )
+    # Rows acknowledged before the kill are not sent again; a row in flight at the
+    # kill may be re-sent, which finds it and updates it (PUT), never a duplicate.
+    resumed = devserver.requests()[requests_before:]
+    creates = [r for r in resumed if r["method"] == "POST" and r["status"] == 201]
+    assert len(creates) == 60 - done_before
+    assert len(resumed) < 2 * 60 - done_before  # resumed, not restarted from row 1
