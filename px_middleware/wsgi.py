@@ -242,10 +242,7 @@ class _Response:
             if injector is None or not injector.decided:
                 # Streamed: an empty yield per chunk (PEP 3333 block boundaries).
                 return b"" if self.head_sent else None
-            if not self.head_sent:
-                self._send_head(self.exchange.headers())
-            self.held = []
-            return out
+            return self._decided(out)
         except Exception:
             self.middleware._failed("injecting")
             return self._give_up()
@@ -253,14 +250,17 @@ class _Response:
     def end(self) -> bytes:
         """The app's body is over: what the injector still holds, head sent first."""
         try:
-            out = self.exchange.close()
-            if not self.head_sent:
-                self._send_head(self.exchange.headers())
-            self.held = []
-            return out
+            return self._decided(self.exchange.close())
         except Exception:
             self.middleware._failed("injecting")
             return self._give_up()
+
+    def _decided(self, out: bytes) -> bytes:
+        """The injector has decided: the rewritten head goes out before ``out``."""
+        if not self.head_sent:
+            self._send_head(self.exchange.headers())
+        self.held = []
+        return out
 
     def _give_up(self) -> bytes:
         """Stop injecting: the app's unsent bytes, unchanged; the rest passes as is."""
