@@ -20,10 +20,10 @@ import time
 from collections.abc import Callable
 
 from px_middleware import Account, Identity, PXConfig, User
-from px_middleware.counters import Counters
-from px_middleware.exchange import Exchange
-from px_middleware.injector import Injector
-from px_middleware.snippet import render
+from px_middleware.core.counters import Counters
+from px_middleware.core.exchange import Exchange
+from px_middleware.core.injector import Injector
+from px_middleware.core.snippet import render
 
 CONFIG = PXConfig("AP-BENCHBENCH01-2", hmac_secret="identity-verification-secret")
 IDENTITY = Identity(

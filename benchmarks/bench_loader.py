@@ -34,7 +34,7 @@ def run(devserver: DevServer, path: Path) -> tuple[float, int]:
     """Seconds and peak RSS (KiB) of one loader run (a fresh child each time)."""
     env = {**os.environ, "PX_API_KEY": devserver.api_key, "PX_PRODUCT_KEY": "AP-BENCH0000001-2"}
     argv = [sys.executable, "-c",
-            "import resource, sys; from px_middleware.loader import main;"
+            "import resource, sys; from px_middleware.tools.loader import main;"
             " code = main(sys.argv[1:]);"
             " print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr);"
             " sys.exit(code)",

@@ -7,8 +7,8 @@ Wrap a WSGI or ASGI app and every HTML page carries the PX tag with a verified
 from typing import TYPE_CHECKING
 
 from px_middleware.config import PXConfig
-from px_middleware.identity import Account, Identity, User
-from px_middleware.signing import user_hash
+from px_middleware.core.model import Account, Identity, User
+from px_middleware.core.signing import user_hash
 
 if TYPE_CHECKING:  # real types for checkers; at run time the adapters load lazily
     from px_middleware.asgi import PXAsgiMiddleware

@@ -14,11 +14,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "devserver":
-        from px_middleware.devserver import main as devserver_main
+        from px_middleware.tools.devserver import main as devserver_main
 
         return devserver_main(rest)
     if command == "load":
-        from px_middleware.loader import main as load_main
+        from px_middleware.tools.loader import main as load_main
 
         return load_main(rest)
     print(f"unknown command {command!r}; use devserver or load", file=sys.stderr)

@@ -14,7 +14,7 @@ state lives in ``__call__``'s locals, every decision is the core's (``Exchange``
   forwarded as they are (a body we never see is never injected);
 * ``identify(request)`` may be async; it runs once, at response start, when
   ``scope["user"]``, ``scope["session"]`` and ``scope["state"]`` are set. Without
-  one, ``px_middleware.starlette.default_identify`` finds the user;
+  one, the user is found where Starlette apps keep it (``core/scope.py``);
 * an exception of ours is logged and the original messages go through unchanged;
   an exception of the app propagates exactly as it would without us.
 """
@@ -32,10 +32,10 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from px_middleware.config import PXConfig
+from px_middleware.core.exchange import SEEN_KEY, SET_USER_KEY, SKIP_KEY, Counters, Exchange
+from px_middleware.core.model import as_identity
+from px_middleware.core.scope import identity_from_scope, nonce_from_scope
 from px_middleware.delivery import get_delivery, tracker_for
-from px_middleware.exchange import SEEN_KEY, SET_USER_KEY, SKIP_KEY, Counters, Exchange
-from px_middleware.identity import as_identity
-from px_middleware.starlette import default_identify, scope_nonce
 
 log = logging.getLogger("px_middleware")
 
@@ -85,7 +85,7 @@ class PXAsgiMiddleware:
     ) -> None:
         self.app = app
         self.config = config
-        self.identify: IdentifyFn = default_identify if identify is None else identify
+        self.identify = identify
         self.csp_nonce = csp_nonce
         self.nonce_required = nonce_required and csp_nonce is not None
         self.counters = Counters()
@@ -233,7 +233,11 @@ class PXAsgiMiddleware:
             return False
         request = Request(scope)
         try:
-            identity = as_identity(await _resolve(self.identify(request)))
+            found = (
+                identity_from_scope(scope) if self.identify is None
+                else await _resolve(self.identify(request))
+            )
+            identity = as_identity(found)
         except Exception as exc:
             self.counters.incr("identify_errors")
             log.warning("px_middleware: identify() raised %r; page left alone", exc,
@@ -247,7 +251,7 @@ class PXAsgiMiddleware:
                 log.warning("px_middleware: csp_nonce() raised", exc_info=True)
                 nonce = None
         else:
-            nonce = scope_nonce(scope)
+            nonce = nonce_from_scope(scope)
         return exchange.begin(
             headers,
             identity,

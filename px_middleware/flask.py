@@ -31,8 +31,8 @@ from itsdangerous import BadData
 from werkzeug.wrappers import Request
 
 from px_middleware.config import PXConfig
-from px_middleware.exchange import SET_USER_KEY, SKIP_KEY
-from px_middleware.identity import Identity, User
+from px_middleware.core.exchange import SET_USER_KEY, SKIP_KEY
+from px_middleware.core.model import Identity, User
 from px_middleware.wsgi import PXWsgiMiddleware
 
 __all__ = ["PX", "exempt", "px_exempt", "session_identify"]

@@ -11,7 +11,10 @@ The clients never retry: the delivery sender is the one retry layer. Failed call
 from __future__ import annotations
 
 import dataclasses
+import email.utils
+import math
 import re
+import time
 from collections.abc import Generator, Mapping
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import quote
@@ -61,6 +64,33 @@ class PXRateLimited(PXAPIError):
         self.retry_after = retry_after
 
 
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP-date).
+
+    ``now`` is the current Unix time (for HTTP-dates). Unparseable values give ``None``;
+    dates in the past give ``0.0``. The result is not capped: see :func:`retry_delay`.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # HTTP-dates are GMT by definition
+        return None
+    current = time.time() if now is None else now
+    return max(when.timestamp() - current, 0.0)
+
+
 def error_for(response: httpx.Response) -> PXAPIError | None:
     """The exception a response stands for, or ``None`` for a 2xx."""
     if response.is_success:
@@ -77,9 +107,6 @@ def error_for(response: httpx.Response) -> PXAPIError | None:
     if status in (401, 403):
         return PXAuthError(status, messages, body)
     if status == 429:
-        # Imported here: the delivery package imports this module.
-        from px_middleware.delivery.retry import parse_retry_after
-
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         return PXRateLimited(status, messages, body, retry_after)
     return PXAPIError(status, messages, body)

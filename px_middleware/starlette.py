@@ -16,15 +16,18 @@ For FastAPI, state the identity from a dependency once for the whole app::
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import HTTPConnection, Request
 from starlette.types import Scope
 
-from px_middleware.exchange import SET_USER_KEY, SKIP_KEY
-from px_middleware.identity import Identity, User
+from px_middleware.core.exchange import SET_USER_KEY, SKIP_KEY
+from px_middleware.core.model import Identity, User
+from px_middleware.core.scope import (
+    identity_from_scope,
+    nonce_from_scope,
+)
 
 if TYPE_CHECKING:
     from px_middleware.asgi import PXAsgiMiddleware
@@ -39,18 +42,6 @@ __all__ = [
     "set_user",
 ]
 
-log = logging.getLogger("px_middleware")
-
-#: ``request.state`` attribute (and user-object attribute) holding the PX identity.
-STATE_IDENTITY = "px_identity"
-#: ``request.state`` attribute holding the page's CSP nonce.
-STATE_NONCE = "csp_nonce"
-
-
-def _state(scope: Scope) -> dict[str, Any]:
-    # Read scope["state"] without creating it (Request.state would setdefault it).
-    state = scope.get("state")
-    return state if isinstance(state, dict) else {}
 
 
 def default_identify(request: HTTPConnection) -> Identity | User | None:
@@ -64,46 +55,10 @@ def default_identify(request: HTTPConnection) -> Identity | User | None:
        ``first_name`` and ``last_name`` when the user object has them;
     3. ``scope["session"]["user_id"]`` (``SessionMiddleware``).
 
-    The app's own statement comes first: it is the only one that can carry an account.
+    It is what ``PXAsgiMiddleware`` does without ``identify=``; call it from your own
+    ``identify`` to fall back to it.
     """
-    scope = request.scope
-    state = _state(scope)
-    if STATE_IDENTITY in state:
-        result: Identity | User | None = state[STATE_IDENTITY]
-        return result
-    user = scope.get("user")
-    if user is not None and getattr(user, "is_authenticated", False):
-        return _from_auth_user(user)
-    session = scope.get("session")
-    if isinstance(session, dict):
-        # A plain .get: reading the session here must not mark it accessed.
-        user_id = session.get("user_id")
-        if user_id is not None and user_id != "":
-            return User(id=user_id)
-    return None
-
-
-def _from_auth_user(user: Any) -> Identity | User | None:
-    hook = getattr(user, STATE_IDENTITY, None)
-    if hook is not None:
-        result: Identity | User | None = hook() if callable(hook) else hook
-        return result
-    try:
-        user_id = user.identity
-    except NotImplementedError:  # starlette's BaseUser leaves identity abstract
-        user_id = None
-    if user_id is None or user_id == "":
-        user_id = getattr(user, "display_name", None)
-    if user_id is None or user_id == "":
-        log.debug("px_middleware: authenticated user has no identity or display_name")
-        return None
-    # Raw values, as in the Flask extension: the core drops (and counts) bad ones.
-    return User(
-        id=user_id,
-        email=getattr(user, "email", None) or None,
-        first_name=getattr(user, "first_name", None) or None,
-        last_name=getattr(user, "last_name", None) or None,
-    )
+    return identity_from_scope(request.scope)
 
 
 def set_identity(request: HTTPConnection, identity: Identity | User | None) -> None:
@@ -128,8 +83,7 @@ def exempt(request: HTTPConnection) -> None:
 
 def scope_nonce(scope: Scope) -> str | None:
     """The CSP nonce the app put in ``request.state.csp_nonce``, if any."""
-    nonce = _state(scope).get(STATE_NONCE)
-    return nonce if isinstance(nonce, str) else None
+    return nonce_from_scope(scope)
 
 
 def px_identity_dependency(

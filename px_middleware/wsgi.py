@@ -29,9 +29,9 @@ from werkzeug.wrappers import Request
 from werkzeug.wsgi import ClosingIterator
 
 from px_middleware.config import PXConfig
+from px_middleware.core.exchange import SEEN_KEY, SET_USER_KEY, SKIP_KEY, Counters, Exchange
+from px_middleware.core.model import as_identity
 from px_middleware.delivery import tracker_for
-from px_middleware.exchange import SEEN_KEY, SET_USER_KEY, SKIP_KEY, Counters, Exchange
-from px_middleware.identity import as_identity
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

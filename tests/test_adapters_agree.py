@@ -22,7 +22,7 @@ import pytest
 from werkzeug.test import Client
 
 from px_middleware import Account, Identity, PXAsgiMiddleware, PXConfig, PXWsgiMiddleware, User
-from px_middleware.snippet import render
+from px_middleware.core.snippet import render
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Message
 
 from px_middleware import Account, Identity, PXConfig, User
 from px_middleware.asgi import PXAsgiMiddleware
-from px_middleware.snippet import MARKER
+from px_middleware.core.snippet import MARKER
 
 SECRET = "test-hmac-secret"
 CONFIG = PXConfig(product_key="AP-TEST00000000-2", hmac_secret=SECRET)

@@ -17,8 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from px_middleware import PXConfig, User
 from px_middleware.asgi import PXAsgiMiddleware
-from px_middleware.exchange import Exchange
-from px_middleware.snippet import MARKER
+from px_middleware.core.exchange import Exchange
+from px_middleware.core.snippet import MARKER
 
 CONFIG = PXConfig(product_key="AP-TEST00000000-2", hmac_secret="conformance-secret")
 DOC = (

@@ -38,7 +38,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from px_middleware.asgi import PXAsgiMiddleware
-from px_middleware.snippet import MARKER
+from px_middleware.core.snippet import MARKER
 from tests.support import servers
 from tests.test_asgi import CONFIG, PAGE, expected_hash, identify, loader_count, px_calls
 

@@ -12,7 +12,8 @@ import pytest
 
 from px_middleware.delivery.outbox import Entry, MemoryOutbox, SQLiteOutbox
 from px_middleware.delivery.ratelimit import DAY, TokenBucket
-from px_middleware.delivery.retry import backoff, classify, parse_retry_after, retry_delay
+from px_middleware.delivery.retry import backoff, classify, retry_delay
+from px_middleware.rest import parse_retry_after
 
 
 class FakeClock:

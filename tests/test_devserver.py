@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from px_middleware.signing import user_hash
+from px_middleware.core.signing import user_hash
 from tests.support.devserver import DevServer, devserver  # noqa: F401
 
 PRODUCT_KEY = "AP-DEVSERVERTEST-2"

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from px_middleware import Account, Identity, PXConfig, User
-from px_middleware.counters import Counters
-from px_middleware.exchange import Exchange, csp_nonce_from_headers
+from px_middleware.core.counters import Counters
+from px_middleware.core.exchange import Exchange, csp_nonce_from_headers
 
 KEY = "AP-TESTKEY12345-2"
 PAGE = b"<!doctype html><html><head><title>t</title></head><body>hi</body></html>"

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 
 from px_middleware import Account, Identity, User
 from px_middleware.asgi import PXAsgiMiddleware
-from px_middleware.snippet import MARKER
+from px_middleware.core.snippet import MARKER
 from px_middleware.starlette import exempt, px_identity_dependency, set_user
 from tests.test_asgi import CONFIG, PAGE, capture, client, expected_hash, loader_count, px_calls
 from tests.test_starlette import epoch_ms

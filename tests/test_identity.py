@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from px_middleware import Account, Identity, User
-from px_middleware.identity import MAX_STRING_LENGTH, as_identity, coerce, to_epoch_ms
-from px_middleware.snippet import js_value
+from px_middleware.core.model import MAX_STRING_LENGTH, as_identity, coerce, to_epoch_ms
+from px_middleware.core.snippet import js_value
 
 UTC = dt.timezone.utc
 DAY_MS = 86_400_000

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from px_middleware.injector import LIMIT, Injector
+from px_middleware.core.injector import LIMIT, Injector
 
 SNIPPET = b'<script data-px-middleware="1">aptrinsic("identify",{"id":"u"});</script>'
 BOM = b"\xef\xbb\xbf"

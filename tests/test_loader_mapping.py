@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from px_middleware.loader.fields import SCHEMAS
-from px_middleware.loader.mapping import (
+from px_middleware.tools.loader.fields import SCHEMAS
+from px_middleware.tools.loader.mapping import (
     MappingFile,
     Options,
     PlanError,
     build_plan,
     load_mapping,
 )
-from px_middleware.loader.reader import Source, SourceError, flatten
-from px_middleware.loader.state import AckTracker, StateError, StateFile
+from px_middleware.tools.loader.reader import Source, SourceError, flatten
+from px_middleware.tools.loader.state import AckTracker, StateError, StateFile
 
 DATA = Path(__file__).parent / "data" / "loader"
 UTC = Options(tz=dt.timezone.utc)

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from px_middleware.loader.values import (
+from px_middleware.tools.loader.values import (
     ValueProblem,
     convert,
     is_empty,

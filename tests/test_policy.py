@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from px_middleware import PXConfig
-from px_middleware.policy import (
+from px_middleware.core.policy import (
     media_type,
     public_cache_reason,
     request_skip_reason,

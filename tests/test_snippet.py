@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from px_middleware import Account, Identity, PXConfig, User
-from px_middleware.snippet import MARKER, identify_call, js_value, render, valid_nonce
+from px_middleware.core.snippet import MARKER, identify_call, js_value, render, valid_nonce
 
 KEY = "AP-TESTKEY12345-2"
 SECRET = "tenant-secret"

@@ -29,7 +29,7 @@ from starlette.websockets import WebSocket
 
 from px_middleware import Account, Identity, PXConfig, User
 from px_middleware.asgi import PXAsgiMiddleware
-from px_middleware.snippet import MARKER
+from px_middleware.core.snippet import MARKER
 from px_middleware.starlette import (
     default_identify,
     exempt,

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from px_middleware import Account, Identity, PXConfig, User
-from px_middleware.counters import Counters
-from px_middleware.events import client_ip, filter_query
-from px_middleware.exchange import Exchange
-from px_middleware.session import SessionCookie, SessionState, advance
-from px_middleware.tracking import Tracker
+from px_middleware.core.counters import Counters
+from px_middleware.core.events import client_ip, filter_query
+from px_middleware.core.exchange import Exchange
+from px_middleware.core.session import SessionCookie, SessionState, advance
+from px_middleware.core.tracking import Tracker
 
 KEY = "AP-TESTKEY12345-2"
 HTML = [("Content-Type", "text/html; charset=utf-8")]

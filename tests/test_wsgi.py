@@ -23,8 +23,8 @@ from werkzeug.test import Client, create_environ
 from werkzeug.wrappers import Request
 
 from px_middleware import Account, Identity, PXConfig, User, user_hash
-from px_middleware.exchange import SEEN_KEY, SET_USER_KEY, SKIP_KEY, Exchange
-from px_middleware.injector import Injector
+from px_middleware.core.exchange import SEEN_KEY, SET_USER_KEY, SKIP_KEY, Exchange
+from px_middleware.core.injector import Injector
 from px_middleware.wsgi import PXWsgiMiddleware
 
 if TYPE_CHECKING:

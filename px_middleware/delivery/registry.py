@@ -20,9 +20,9 @@ import time
 from typing import Any
 
 from px_middleware.config import PXConfig
-from px_middleware.counters import Counters
+from px_middleware.core.counters import Counters
+from px_middleware.core.tracking import Tracker
 from px_middleware.delivery.sender import Delivery
-from px_middleware.tracking import Tracker
 
 #: Seconds a process may spend delivering what is left when it exits.
 EXIT_TIMEOUT = 5.0

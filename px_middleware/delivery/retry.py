@@ -6,10 +6,7 @@ layer in the package (the sender's); the REST client never retries by itself.
 
 from __future__ import annotations
 
-import email.utils
-import math
 import random
-import time
 from collections.abc import Callable
 from typing import Literal
 
@@ -45,33 +42,6 @@ def backoff(
     """
     exponent = min(max(attempt - 1, 0), 62)  # keep 2**n finite for absurd attempt counts
     return rng() * min(cap, base * 2.0**exponent)
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP-date).
-
-    ``now`` is the current Unix time (for HTTP-dates). Unparseable values give ``None``;
-    dates in the past give ``0.0``. The result is not capped: see :func:`retry_delay`.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return max(seconds, 0.0) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # HTTP-dates are GMT by definition
-        return None
-    current = time.time() if now is None else now
-    return max(when.timestamp() - current, 0.0)
 
 
 def retry_delay(

@@ -19,12 +19,12 @@ import queue
 import threading
 from typing import Any, TextIO
 
-from px_middleware.loader.errorfile import ErrorFile
-from px_middleware.loader.mapping import Plan
-from px_middleware.loader.progress import Counts
-from px_middleware.loader.reader import Record, Source
-from px_middleware.loader.sender import Fatal, Mode, Outcome, Stopped, UnitSender
-from px_middleware.loader.state import AckTracker, StateFile
+from px_middleware.tools.loader.errorfile import ErrorFile
+from px_middleware.tools.loader.mapping import Plan
+from px_middleware.tools.loader.progress import Counts
+from px_middleware.tools.loader.reader import Record, Source
+from px_middleware.tools.loader.sender import Fatal, Mode, Outcome, Stopped, UnitSender
+from px_middleware.tools.loader.state import AckTracker, StateFile
 
 #: Row problems printed to stderr before the rest only go to the errors file.
 MAX_REPORTED = 20

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from px_middleware.loader.values import AttrType
+from px_middleware.tools.loader.values import AttrType
 
 Kind = Literal["users", "accounts", "events"]
 KINDS: tuple[Kind, ...] = ("users", "accounts", "events")

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from px_middleware.devserver.errors import ApiError
+from px_middleware.tools.devserver.errors import ApiError
 
 Record = dict[str, Any]
 

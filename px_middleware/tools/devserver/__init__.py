@@ -7,7 +7,7 @@ SQLite, and shows it on a dashboard. ``/_control`` lets tests inject faults and 
 what arrived.
 """
 
-from px_middleware.devserver.app import create_app
-from px_middleware.devserver.cli import main
+from px_middleware.tools.devserver.app import create_app
+from px_middleware.tools.devserver.cli import main
 
 __all__ = ["create_app", "main"]

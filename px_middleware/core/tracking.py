@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from px_middleware.config import PXConfig
-from px_middleware.counters import Counters
-from px_middleware.events import (
+from px_middleware.core.counters import Counters
+from px_middleware.core.events import (
     client_ip,
     custom_event,
     digest,
@@ -25,10 +25,10 @@ from px_middleware.events import (
     page_url,
     upsert_bodies,
 )
-from px_middleware.identity import Identity
-from px_middleware.policy import media_type, public_cache_reason
-from px_middleware.request import RequestInfo
-from px_middleware.session import VISITOR_MAX_AGE, SessionCookie, SessionState, advance
+from px_middleware.core.model import Identity
+from px_middleware.core.policy import media_type, public_cache_reason
+from px_middleware.core.request import RequestInfo
+from px_middleware.core.session import VISITOR_MAX_AGE, SessionCookie, SessionState, advance
 
 log = logging.getLogger("px_middleware")
 

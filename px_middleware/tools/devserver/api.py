@@ -13,8 +13,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from px_middleware.devserver.errors import ApiError
-from px_middleware.devserver.schema import (
+from px_middleware.tools.devserver.errors import ApiError
+from px_middleware.tools.devserver.schema import (
     ACCOUNT,
     USER,
     RecordSchema,
@@ -22,7 +22,7 @@ from px_middleware.devserver.schema import (
     items_of,
     record_errors,
 )
-from px_middleware.devserver.store import EVENT_FILTERS, Store
+from px_middleware.tools.devserver.store import EVENT_FILTERS, Store
 
 
 async def read_json(request: Request) -> Any:

@@ -10,10 +10,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from px_middleware.devserver.api import event_filters, read_json
-from px_middleware.devserver.faults import FaultPlan, Faults
-from px_middleware.devserver.gate import TokenBucket
-from px_middleware.devserver.store import Store
+from px_middleware.tools.devserver.api import event_filters, read_json
+from px_middleware.tools.devserver.faults import FaultPlan, Faults
+from px_middleware.tools.devserver.gate import TokenBucket
+from px_middleware.tools.devserver.store import Store
 
 
 def control_routes(store: Store, faults: Faults, bucket: TokenBucket) -> list[BaseRoute]:

@@ -13,8 +13,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from px_middleware.devserver.schema import DATE_FIELDS, Record
-from px_middleware.devserver.store import Store, StoredEvent
+from px_middleware.tools.devserver.schema import DATE_FIELDS, Record
+from px_middleware.tools.devserver.store import Store, StoredEvent
 
 PAGE_VIEW_EVENTS = frozenset({"page_view", "pageView", "pageview"})
 _MAX_SESSIONS = 12

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from px_middleware.devserver.schema import Record, merge_record
+from px_middleware.tools.devserver.schema import Record, merge_record
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (

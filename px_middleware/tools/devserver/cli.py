@@ -11,7 +11,7 @@ import argparse
 import socket
 import sys
 
-from px_middleware.devserver.app import (
+from px_middleware.tools.devserver.app import (
     DEFAULT_API_KEY,
     DEFAULT_HMAC_SECRET,
     DEFAULT_RATE_LIMIT,
@@ -64,7 +64,7 @@ def main(argv: list[str]) -> int:
         print("--rate-limit must be positive", file=sys.stderr)
         return 2
     try:
-        from px_middleware.devserver.server import serve
+        from px_middleware.tools.devserver.server import serve
     except ImportError:
         print("the devserver needs uvicorn: pip install uvicorn", file=sys.stderr)
         return 2

@@ -9,6 +9,6 @@ Modules, one job each: ``values`` (strict cell parsing), ``fields`` (PX field ta
 
 from __future__ import annotations
 
-from px_middleware.loader.cli import main
+from px_middleware.tools.loader.cli import main
 
 __all__ = ["main"]

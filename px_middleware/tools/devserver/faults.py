@@ -11,7 +11,7 @@ import dataclasses
 import threading
 from typing import Any, Literal
 
-from px_middleware.devserver.errors import ApiError
+from px_middleware.tools.devserver.errors import ApiError
 
 
 @dataclasses.dataclass(frozen=True)

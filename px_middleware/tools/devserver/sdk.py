@@ -17,12 +17,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from px_middleware.devserver.api import read_json
-from px_middleware.devserver.errors import ApiError, error_response
-from px_middleware.devserver.store import Store
-from px_middleware.signing import HashEncoding, user_hash
+from px_middleware.core.signing import HashEncoding, user_hash
+from px_middleware.tools.devserver.api import read_json
+from px_middleware.tools.devserver.errors import ApiError, error_response
+from px_middleware.tools.devserver.store import Store
 
-_SCRIPT = resources.files("px_middleware.devserver").joinpath("sdk.js").read_text("utf-8")
+_SCRIPT = resources.files("px_middleware.tools.devserver").joinpath("sdk.js").read_text("utf-8")
 _CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, OPTIONS",

@@ -21,18 +21,18 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from px_middleware.config import PXConfig
-from px_middleware.counters import Counters
-from px_middleware.identity import Identity, coerce
-from px_middleware.injector import Injector
-from px_middleware.policy import (
+from px_middleware.core.counters import Counters
+from px_middleware.core.injector import Injector
+from px_middleware.core.model import Identity, coerce
+from px_middleware.core.policy import (
     public_cache_reason,
     request_skip_reason,
     response_skip_reason,
     rewrite_headers,
 )
-from px_middleware.request import HeaderGetter, RequestInfo
-from px_middleware.snippet import render
-from px_middleware.tracking import Tracker, Visit
+from px_middleware.core.request import HeaderGetter, RequestInfo
+from px_middleware.core.snippet import render
+from px_middleware.core.tracking import Tracker, Visit
 
 __all__ = ["SEEN_KEY", "SET_USER_KEY", "SKIP_KEY", "Counters", "Exchange"]
 

@@ -34,8 +34,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from px_middleware.loader.fields import EVENT_USER_TYPES, Schema
-from px_middleware.loader.values import (
+from px_middleware.tools.loader.fields import EVENT_USER_TYPES, Schema
+from px_middleware.tools.loader.values import (
     ATTR_TYPES,
     AttrType,
     ValueProblem,

@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from px_middleware.config import PXConfig
-from px_middleware.identity import Identity, PXValue
-from px_middleware.signing import user_hash
+from px_middleware.core.model import Identity, PXValue
+from px_middleware.core.signing import user_hash
 
 #: Attribute on our ``<script>`` tag; also how tests and humans spot our snippet.
 MARKER = 'data-px-middleware="1"'

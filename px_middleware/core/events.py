@@ -16,8 +16,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from px_middleware.config import PXConfig
-from px_middleware.identity import Identity, PXValue
-from px_middleware.session import SessionState
+from px_middleware.core.model import Identity, PXValue
+from px_middleware.core.session import SessionState
 
 REDACTED = "[redacted]"
 

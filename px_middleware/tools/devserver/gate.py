@@ -16,9 +16,9 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from px_middleware.devserver.errors import ApiError, error_response
-from px_middleware.devserver.faults import Failure, Faults
-from px_middleware.devserver.store import Store
+from px_middleware.tools.devserver.errors import ApiError, error_response
+from px_middleware.tools.devserver.faults import Failure, Faults
+from px_middleware.tools.devserver.store import Store
 
 API_KEY_HEADER = b"x-aptrinsic-api-key"
 

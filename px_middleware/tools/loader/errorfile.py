@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from px_middleware.loader.mapping import ERROR_COLUMN
-from px_middleware.loader.reader import Format, Record
+from px_middleware.tools.loader.mapping import ERROR_COLUMN
+from px_middleware.tools.loader.reader import Format, Record
 
 
 def default_path(source: Path, fmt: Format) -> Path:

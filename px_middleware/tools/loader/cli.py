@@ -19,9 +19,10 @@ import httpx
 
 from px_middleware.config import API_HOSTS, LOCAL_BASE_URL
 from px_middleware.delivery.ratelimit import TokenBucket
-from px_middleware.loader.errorfile import ErrorFile, default_path
-from px_middleware.loader.fields import KINDS, SCHEMAS, Kind, Schema
-from px_middleware.loader.mapping import (
+from px_middleware.rest import PXAPIError, PXAuthError, PXRestClient
+from px_middleware.tools.loader.errorfile import ErrorFile, default_path
+from px_middleware.tools.loader.fields import KINDS, SCHEMAS, Kind, Schema
+from px_middleware.tools.loader.mapping import (
     MappingFile,
     Options,
     Plan,
@@ -29,13 +30,12 @@ from px_middleware.loader.mapping import (
     build_plan,
     load_mapping,
 )
-from px_middleware.loader.progress import Counts, Progress
-from px_middleware.loader.reader import Source, SourceError
-from px_middleware.loader.runner import Loader, Reporter, Settings, dry_run
-from px_middleware.loader.sender import Gate, LimitedTransport, UnitSender
-from px_middleware.loader.state import StateError, StateFile
-from px_middleware.loader.values import ATTR_TYPES, AttrType, timezone
-from px_middleware.rest import PXAPIError, PXAuthError, PXRestClient
+from px_middleware.tools.loader.progress import Counts, Progress
+from px_middleware.tools.loader.reader import Source, SourceError
+from px_middleware.tools.loader.runner import Loader, Reporter, Settings, dry_run
+from px_middleware.tools.loader.sender import Gate, LimitedTransport, UnitSender
+from px_middleware.tools.loader.state import StateError, StateFile
+from px_middleware.tools.loader.values import ATTR_TYPES, AttrType, timezone
 
 EXIT_OK, EXIT_FAILED_ROWS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 

@@ -13,15 +13,15 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from px_middleware.devserver.api import api_routes
-from px_middleware.devserver.control import control_routes
-from px_middleware.devserver.dashboard import render_dashboard
-from px_middleware.devserver.errors import ApiError, error_response
-from px_middleware.devserver.faults import Faults
-from px_middleware.devserver.gate import ApiGate, TokenBucket, is_api_path
-from px_middleware.devserver.sdk import sdk_routes
-from px_middleware.devserver.store import Store
-from px_middleware.signing import HashEncoding
+from px_middleware.core.signing import HashEncoding
+from px_middleware.tools.devserver.api import api_routes
+from px_middleware.tools.devserver.control import control_routes
+from px_middleware.tools.devserver.dashboard import render_dashboard
+from px_middleware.tools.devserver.errors import ApiError, error_response
+from px_middleware.tools.devserver.faults import Faults
+from px_middleware.tools.devserver.gate import ApiGate, TokenBucket, is_api_path
+from px_middleware.tools.devserver.sdk import sdk_routes
+from px_middleware.tools.devserver.store import Store
 
 DEFAULT_API_KEY = "dev-api-key"
 DEFAULT_HMAC_SECRET = "dev-hmac-secret"

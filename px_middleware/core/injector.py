@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 
-from px_middleware.snippet import LOADER_SIGNATURE
+from px_middleware.core.snippet import LOADER_SIGNATURE
 
 LIMIT = 64 * 1024
 
