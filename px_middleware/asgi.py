@@ -31,16 +31,13 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from px_middleware.config import PXConfig
+from px_middleware.config import SHUTDOWN_TIMEOUT, PXConfig
 from px_middleware.core.exchange import SEEN_KEY, SET_USER_KEY, SKIP_KEY, Counters, Exchange
 from px_middleware.core.model import as_identity
 from px_middleware.core.scope import identity_from_scope, nonce_from_scope
 from px_middleware.delivery import get_delivery, tracker_for
 
 log = logging.getLogger("px_middleware")
-
-#: How long lifespan shutdown waits for captured events to reach PX.
-SHUTDOWN_FLUSH_SECONDS = 5.0
 
 IdentifyFn = Callable[[Request], Any]
 NonceFn = Callable[[Request], Any]
@@ -138,7 +135,7 @@ class PXAsgiMiddleware:
         async def lifespan_send(message: Message) -> None:
             if message["type"] == "lifespan.shutdown.complete":
                 delivery = get_delivery(self.config)
-                await anyio.to_thread.run_sync(delivery.flush, SHUTDOWN_FLUSH_SECONDS)
+                await anyio.to_thread.run_sync(delivery.flush, SHUTDOWN_TIMEOUT)
             await send(message)
 
         return lifespan_send

@@ -28,6 +28,10 @@ API_HOSTS: dict[str, str] = {
     "EU": "https://api-eu.aptrinsic.com/v1",
     "US2": "https://api-us2.aptrinsic.com/v1",
 }
+#: Seconds a process may spend delivering what is left when it exits or shuts down.
+SHUTDOWN_TIMEOUT = 5.0
+#: No single retry wait is longer than this, whatever the server asked for.
+MAX_RETRY_WAIT = 30.0
 #: Where ``python -m px_middleware devserver`` listens by default.
 LOCAL_BASE_URL = "http://127.0.0.1:8787"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 
-HeaderGetter = Callable[[str], "str | None"]
+from px_middleware.core.request import HeaderGetter
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _DIGITS = re.compile(r"[0-9]+")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from typing import Literal
 
-HashEncoding = Literal["hex", "base64"]
+from px_middleware.config import HashEncoding
 
 
 def user_hash(value: str, secret: str, encoding: HashEncoding = "hex") -> str:

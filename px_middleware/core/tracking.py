@@ -26,7 +26,7 @@ from px_middleware.core.events import (
     upsert_bodies,
 )
 from px_middleware.core.model import Identity
-from px_middleware.core.policy import media_type, public_cache_reason
+from px_middleware.core.policy import HTML_TYPES, media_type, public_cache_reason
 from px_middleware.core.request import RequestInfo
 from px_middleware.core.session import VISITOR_MAX_AGE, SessionCookie, SessionState, advance
 
@@ -86,7 +86,7 @@ class Tracker:
         if self.config.track_all_responses:
             return None
         content_type = next((v for n, v in headers if n.lower() == "content-type"), None)
-        if media_type(content_type) not in ("text/html", "application/xhtml+xml"):
+        if media_type(content_type) not in HTML_TYPES:
             return "not an HTML page"
         return None
 

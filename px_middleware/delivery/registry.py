@@ -19,13 +19,10 @@ import threading
 import time
 from typing import Any
 
-from px_middleware.config import PXConfig
+from px_middleware.config import SHUTDOWN_TIMEOUT, PXConfig
 from px_middleware.core.counters import Counters
 from px_middleware.core.tracking import Tracker
 from px_middleware.delivery.sender import Delivery
-
-#: Seconds a process may spend delivering what is left when it exits.
-EXIT_TIMEOUT = 5.0
 
 _registry: dict[tuple[str, str, str | None], Delivery] = {}
 _lock = threading.Lock()
@@ -48,7 +45,7 @@ def get_delivery(config: PXConfig) -> Delivery:
         if delivery is None or delivery.closed:
             delivery = _registry[key] = Delivery(config)
         if not _atexit_registered:
-            atexit.register(shutdown_all, EXIT_TIMEOUT)
+            atexit.register(shutdown_all, SHUTDOWN_TIMEOUT)
             _atexit_registered = True
     return delivery
 
@@ -66,7 +63,7 @@ def tracker_for(config: PXConfig, counters: Counters) -> Tracker | None:
     return Tracker(config, counters, capture)
 
 
-def shutdown_all(timeout: float = EXIT_TIMEOUT) -> None:
+def shutdown_all(timeout: float = SHUTDOWN_TIMEOUT) -> None:
     """Shut every registered ``Delivery`` down, all within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     for delivery in list(_registry.values()):
@@ -75,7 +72,7 @@ def shutdown_all(timeout: float = EXIT_TIMEOUT) -> None:
 
 def gunicorn_worker_exit(server: Any, worker: Any) -> None:
     """gunicorn ``worker_exit`` hook: deliver what the worker captured before it exits."""
-    shutdown_all(EXIT_TIMEOUT)
+    shutdown_all(SHUTDOWN_TIMEOUT)
 
 
 def _reset_lock() -> None:

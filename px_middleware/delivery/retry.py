@@ -10,10 +10,10 @@ import random
 from collections.abc import Callable
 from typing import Literal
 
+from px_middleware.config import MAX_RETRY_WAIT
+
 Outcome = Literal["ok", "retry", "drop"]
 
-#: No single wait is longer than this, whatever the server asked for.
-MAX_WAIT = 30.0
 
 
 def classify(status: int | None) -> Outcome:
@@ -32,7 +32,7 @@ def backoff(
     attempt: int,
     *,
     base: float = 0.5,
-    cap: float = MAX_WAIT,
+    cap: float = MAX_RETRY_WAIT,
     rng: Callable[[], float] = random.random,
 ) -> float:
     """Exponential backoff with full jitter for the ``attempt``-th retry (1-based).
@@ -49,7 +49,7 @@ def retry_delay(
     retry_after: float | None = None,
     *,
     base: float = 0.5,
-    cap: float = MAX_WAIT,
+    cap: float = MAX_RETRY_WAIT,
     rng: Callable[[], float] = random.random,
 ) -> float:
     """The wait before retry number ``attempt``: ``Retry-After`` when given, else backoff.

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import httpx
 
-from px_middleware.config import PXConfig
+from px_middleware.config import MAX_RETRY_WAIT, SHUTDOWN_TIMEOUT, PXConfig
 from px_middleware.delivery.outbox import Entry, Item, MemoryOutbox, Outbox, SQLiteOutbox
 from px_middleware.delivery.ratelimit import RateLimiter, TokenBucket
 from px_middleware.delivery.retry import classify, retry_delay
@@ -140,7 +140,7 @@ class Delivery:
         limiter: RateLimiter | None = None,
         clock: Callable[[], float] | None = None,
         retry_base: float = 0.5,
-        retry_cap: float = 30.0,
+        retry_cap: float = MAX_RETRY_WAIT,
     ) -> None:
         if config.api_key is None:
             raise ValueError("PXConfig.api_key is required to deliver events to PX")
@@ -293,7 +293,7 @@ class Delivery:
             del self._rounds[:done], self._round_lo[:done]
             self._rounds_base += done
 
-    def shutdown(self, timeout: float = 5.0) -> None:
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
         """Send what can be sent within ``timeout`` seconds, then stop the threads.
 
         Always returns within ``timeout`` (requests get at most the time left). Unsent

@@ -13,7 +13,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from px_middleware.core.signing import HashEncoding
+from px_middleware.config import HashEncoding
 from px_middleware.tools.devserver.api import api_routes
 from px_middleware.tools.devserver.control import control_routes
 from px_middleware.tools.devserver.dashboard import render_dashboard

@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from px_middleware.core.signing import HashEncoding, user_hash
+from px_middleware.config import HashEncoding
+from px_middleware.core.signing import user_hash
 from px_middleware.tools.devserver.api import read_json
 from px_middleware.tools.devserver.errors import ApiError, error_response
 from px_middleware.tools.devserver.store import Store
