@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
+
+log = logging.getLogger("px_middleware")
 
 DataCenter = Literal["US", "EU", "US2", "local"]
 HashField = Literal["id", "email"]
@@ -219,30 +222,98 @@ class PXConfig:
     def from_env(
         cls, environ: Mapping[str, str] | None = None, **overrides: Any
     ) -> PXConfig:
-        """Build from ``PX_*`` variables (``PX_PRODUCT_KEY``, ``PX_HMAC_SECRET``, ...)."""
+        """Build from ``PX_*`` variables (``PX_PRODUCT_KEY``, ``PX_HMAC_SECRET``, ...).
+
+        The environment is ambient: other tools put ``PX_*`` variables there too
+        (Kubernetes, for a service named ``px``), so an unknown name is ignored with a
+        DEBUG line, and one a typo away from a setting gets a WARNING naming it.
+        """
         env = os.environ if environ is None else environ
-        return cls.from_mapping({k: v for k, v in env.items() if k.startswith("PX_")}, **overrides)
+        return cls.from_mapping({}, environ=env, **overrides)
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], **overrides: Any) -> PXConfig:
-        """Build from ``PX_*`` keys (environment, Flask ``app.config``), converting types.
+    def from_mapping(
+        cls,
+        values: Mapping[str, Any],
+        *,
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> PXConfig:
+        """Build from ``PX_*`` keys (Flask ``app.config``, Django settings), converting types.
 
-        Unknown ``PX_*`` keys are an error: a misspelt setting must not be ignored.
+        ``values`` is explicit configuration: an unknown ``PX_*`` key there is an error
+        (someone wrote it for us, and a misspelt secret must not be ignored). Settings it
+        lacks are then taken from ``environ`` (ambient, see ``from_env``) when given.
         """
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
+        for key, raw in _ambient_settings(environ or {}, fields).items():
+            kwargs[key] = _convert(key, fields[key].type, raw)
         for key, raw in values.items():
             if not key.startswith("PX_"):
                 continue
             name = key[3:].lower()
             if name not in fields:
+                meant = _meant(name, fields)
+                hint = f" (did you mean PX_{meant.upper()}?)" if meant else ""
                 known = ", ".join("PX_" + n.upper() for n in fields)
-                raise ValueError(f"unknown setting {key}; known settings: {known}")
+                raise ValueError(f"unknown setting {key}{hint}; known settings: {known}")
             kwargs[name] = _convert(name, fields[name].type, raw)
         kwargs.update(overrides)
         if "product_key" not in kwargs:
             raise ValueError("PX_PRODUCT_KEY is required (Administration > Products in PX)")
         return cls(**kwargs)
+
+
+# Variables Kubernetes sets for a Service named ``px`` (or ``px-*``): PX_PORT,
+# PX_PORT_80_TCP{,_ADDR,_PORT,_PROTO}, PX_SERVICE_HOST, PX_SERVICE_PORT{,_<NAME>}.
+_KUBERNETES = re.compile(
+    r"PX(?:_\w+?)?_(?:SERVICE_HOST|SERVICE_PORT(?:_\w+)?"
+    r"|PORT(?:_\d+_(?:TCP|UDP|SCTP)(?:_(?:ADDR|PORT|PROTO))?)?)"
+)
+
+
+def _ambient_settings(environ: Mapping[str, str], fields: Mapping[str, Any]) -> dict[str, str]:
+    """The ``PX_*`` variables of ``environ`` that are settings, by field name."""
+    found: dict[str, str] = {}
+    for key, raw in environ.items():
+        if not key.startswith("PX_"):
+            continue
+        name = key[3:].lower()
+        if name in fields:
+            found[name] = raw
+        elif _KUBERNETES.fullmatch(key):
+            log.debug("px_middleware: ignoring %s (a Kubernetes service variable)", key)
+        elif meant := _meant(name, fields):
+            log.warning(
+                "px_middleware: ignoring environment variable %s: not a setting; "
+                "did you mean PX_%s?", key, meant.upper()
+            )
+        else:
+            log.debug("px_middleware: ignoring environment variable %s: not a setting", key)
+    return found
+
+
+def _meant(name: str, fields: Iterable[str]) -> str | None:
+    """The setting ``name`` is a typo of: within 2 edits (1 for short names), if any."""
+    limit = 1 if len(name) <= 6 else 2
+    best = min(fields, key=lambda field: _edit_distance(name, field))
+    return best if _edit_distance(name, best) <= limit else None
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance where swapping two neighbours counts as one edit (OSA)."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            cost = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cost = min(cost, previous2[j - 2] + 1)
+            current.append(cost)
+        previous2, previous = previous, current
+    return previous[-1]
 
 
 def _convert(name: str, annotation: Any, raw: Any) -> Any:

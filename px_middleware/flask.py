@@ -19,6 +19,7 @@ cookie with the app's own serializer, with no Flask context needed.
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -80,10 +81,13 @@ class PX:
             self.init_app(app)
 
     def init_app(self, app: Flask, *, config: PXConfig | None = None) -> None:
-        """Wrap ``app.wsgi_app``; ``config`` defaults to ``PX_*`` keys of ``app.config``."""
+        """Wrap ``app.wsgi_app``; ``config`` defaults to ``PX_*`` keys of ``app.config``,
+        then ``PX_*`` environment variables for the settings ``app.config`` lacks."""
         if "px" in app.extensions:
             raise RuntimeError("PX is already set up on this app")
-        settings = config or self._config or PXConfig.from_mapping(app.config)
+        settings = (
+            config or self._config or PXConfig.from_mapping(app.config, environ=os.environ)
+        )
         middleware = PXWsgiMiddleware(
             app.wsgi_app,
             settings,

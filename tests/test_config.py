@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -192,9 +195,13 @@ def test_from_mapping_passes_real_values_through() -> None:
 
 
 def test_unknown_setting_is_an_error_that_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown setting PX_HMAC_SECRT; known settings: "
+    """In explicit configuration (``app.config``, Django settings) a typo is an error."""
+    with pytest.raises(ValueError, match=r"unknown setting PX_HMAC_SECRT \(did you mean "
+                                         r"PX_HMAC_SECRET\?\); known settings: "
                                          r"PX_PRODUCT_KEY, PX_HMAC_SECRET"):
-        PXConfig.from_env({"PX_PRODUCT_KEY": KEY, "PX_HMAC_SECRT": "x"})
+        PXConfig.from_mapping({"PX_PRODUCT_KEY": KEY, "PX_HMAC_SECRT": "x"})
+    with pytest.raises(ValueError, match=r"unknown setting PX_COLOUR; known settings: "):
+        PXConfig.from_mapping({"PX_PRODUCT_KEY": KEY, "PX_COLOUR": "blue"})
 
 
 def test_missing_product_key() -> None:
@@ -235,3 +242,115 @@ def test_config_is_frozen() -> None:
     config = PXConfig(KEY)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.product_key = "AP-OTHERKEY1234-2"  # type: ignore[misc]
+
+
+# -- the environment is ambient: unknown names are ignored, typos warned about -------------
+
+def test_typo_in_the_environment_warns_naming_the_setting_meant(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="px_middleware")
+    config = PXConfig.from_env({"PX_PRODUCT_KEY": KEY, "PX_PRODUCT_KYE": "AP-OTHER000000-2",
+                                "PX_HMAC_SECRT": "s", "PX_API_KEYS": "k"})
+    assert config.product_key == KEY and config.hmac_secret is None and config.api_key is None
+    warnings = {r.getMessage() for r in caplog.records if r.levelno == logging.WARNING}
+    assert warnings == {
+        "px_middleware: ignoring environment variable PX_PRODUCT_KYE: not a setting; "
+        "did you mean PX_PRODUCT_KEY?",
+        "px_middleware: ignoring environment variable PX_HMAC_SECRT: not a setting; "
+        "did you mean PX_HMAC_SECRET?",
+        "px_middleware: ignoring environment variable PX_API_KEYS: not a setting; "
+        "did you mean PX_API_KEY?",
+    }
+
+
+def test_unknown_environment_variable_is_ignored_with_a_debug_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="px_middleware")
+    config = PXConfig.from_env({"PX_PRODUCT_KEY": KEY, "PX_RELEASE_CHANNEL": "beta"})
+    assert config.product_key == KEY
+    [record] = [r for r in caplog.records if "PX_RELEASE_CHANNEL" in r.getMessage()]
+    assert record.levelno == logging.DEBUG
+    assert "not a setting" in record.getMessage()
+
+
+KUBERNETES_SERVICE_VARIABLES = {
+    # What the kubelet sets for a Service named "px" with ports 80 (http) and 9090 (metrics).
+    "PX_PORT": "tcp://10.0.0.7:80",
+    "PX_PORT_80_TCP": "tcp://10.0.0.7:80",
+    "PX_PORT_80_TCP_ADDR": "10.0.0.7",
+    "PX_PORT_80_TCP_PORT": "80",
+    "PX_PORT_80_TCP_PROTO": "tcp",
+    "PX_PORT_9090_UDP_PROTO": "udp",
+    "PX_SERVICE_HOST": "10.0.0.7",
+    "PX_SERVICE_PORT": "80",
+    "PX_SERVICE_PORT_HTTP": "80",
+    "PX_SERVICE_PORT_METRICS": "9090",
+    # ... and for a Service named "px-api".
+    "PX_API_SERVICE_HOST": "10.0.0.8",
+    "PX_API_PORT_443_TCP_ADDR": "10.0.0.8",
+}
+
+
+def test_kubernetes_service_variables_are_never_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="px_middleware")
+    config = PXConfig.from_env({"PX_PRODUCT_KEY": KEY, **KUBERNETES_SERVICE_VARIABLES})
+    assert config == PXConfig(KEY)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    ignored = {r.getMessage().split()[2] for r in caplog.records}
+    assert ignored == set(KUBERNETES_SERVICE_VARIABLES)
+
+
+def test_kubernetes_variables_do_not_crash_a_fresh_process() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PX_")}
+    env.update(KUBERNETES_SERVICE_VARIABLES, PX_PRODUCT_KEY=KEY)
+    code = ("import logging; logging.basicConfig();"
+            "from px_middleware import PXConfig; print(PXConfig.from_env().product_key)")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == KEY
+    assert done.stderr == ""  # not even a warning on stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [("PX_PRODUCT_KYE", "PX_PRODUCT_KEY"), ("PX_INJET", "PX_INJECT"),
+     ("PX_SESION_TIMEOUT", "PX_SESSION_TIMEOUT"), ("PX_EXCLUDE_PATH", "PX_EXCLUDE_PATHS")],
+)
+def test_explicit_typo_error_names_the_setting_meant(name: str, meant: str) -> None:
+    with pytest.raises(ValueError, match=f"unknown setting {name} \\(did you mean {meant}\\?\\)"):
+        PXConfig.from_mapping({"PX_PRODUCT_KEY": KEY, name: "x"})
+
+
+def test_from_mapping_falls_back_to_the_environment_for_what_it_lacks() -> None:
+    env = {"PX_PRODUCT_KEY": "AP-FROMENV0000-2", "PX_HMAC_SECRET": "from-env",
+           "PX_INJECT": "false", "PX_PORT": "tcp://10.0.0.7:80"}
+    config = PXConfig.from_mapping({"PX_PRODUCT_KEY": KEY, "PX_INJECT": True}, environ=env)
+    assert (config.product_key, config.hmac_secret, config.inject) == (KEY, "from-env", True)
+    assert PXConfig.from_mapping({}, environ=env).product_key == "AP-FROMENV0000-2"
+    assert PXConfig.from_mapping({"PX_PRODUCT_KEY": KEY}).hmac_secret is None  # no environ
+
+
+def test_flask_px_reads_app_config_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flask import Flask
+
+    from px_middleware.flask import PX
+
+    monkeypatch.setenv("PX_HMAC_SECRET", "from-the-environment")
+    monkeypatch.setenv("PX_INJECT_ANONYMOUS", "false")
+    monkeypatch.setenv("PX_PORT", "tcp://10.0.0.7:80")  # Kubernetes: ignored
+    app = Flask(__name__)
+    app.config["PX_PRODUCT_KEY"] = KEY
+    app.config["PX_INJECT_ANONYMOUS"] = True
+    config = PX(app).middleware(app).config
+    assert (config.product_key, config.hmac_secret, config.inject_anonymous) == (
+        KEY, "from-the-environment", True)
+
+    typo = Flask(__name__)
+    typo.config.update(PX_PRODUCT_KEY=KEY, PX_HMAC_SECERT="x")
+    with pytest.raises(ValueError, match=r"PX_HMAC_SECERT \(did you mean PX_HMAC_SECRET\?\)"):
+        PX(typo)

@@ -43,9 +43,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         SECRET_KEY=os.environ.get("FLASK_SECRET_KEY", "dev-only-not-a-secret"),
         DATABASE=os.environ.get("FLASK_APP_DB")
         or os.path.join(app.instance_path, "flask_app.sqlite3"),
-        PX_PRODUCT_KEY=DEMO_PRODUCT_KEY,
     )
-    app.config.update({k: v for k, v in os.environ.items() if k.startswith("PX_")})
+    # Other PX_* settings (secrets above all) come from the environment: PX(app) reads
+    # what app.config lacks from there, and debug panels never show it.
+    app.config.setdefault("PX_PRODUCT_KEY", os.environ.get("PX_PRODUCT_KEY", DEMO_PRODUCT_KEY))
     if test_config:
         app.config.update(test_config)
     app.teardown_appcontext(db.close_db)
