@@ -3,6 +3,7 @@
     python -m examples.demo               # Flask example under gunicorn
     python -m examples.demo starlette     # Starlette example under uvicorn
     python -m examples.demo fastapi       # FastAPI example under uvicorn
+    python -m examples.demo django        # Django example under gunicorn
 
 Nothing leaves the machine: the app's pages load the stand-in SDK from the local
 devserver, and server-side events and upserts go to its REST API. Ctrl-C stops both.
@@ -43,7 +44,15 @@ APPS = {
         "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(APP_PORT),
         "examples.fastapi_app:app",
     ],
+    # --preload: the master creates the SQLite database once, before forking workers.
+    "django": [
+        "-m", "gunicorn", "--bind", f"127.0.0.1:{APP_PORT}", "--workers", "2", "--preload",
+        "--access-logfile", "-", "examples.django_app.wsgi",
+    ],
 }
+#: The readiness probe says it is a bot (the default bot_pattern matches "bot"), so the
+#: middleware neither tracks it nor sets a cookie: it is not a visitor on the dashboard.
+PROBE_USER_AGENT = "px-demo-readiness-bot"
 
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes], deadline: float) -> None:
@@ -51,7 +60,8 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], deadline: float) -
         if process.poll() is not None:
             raise SystemExit(f"{process.args!r} exited with {process.returncode}")
         try:
-            with urllib.request.urlopen(url, timeout=1):
+            probe = urllib.request.Request(url, headers={"User-Agent": PROBE_USER_AGENT})
+            with urllib.request.urlopen(probe, timeout=1):
                 return
         except OSError:
             time.sleep(0.1)  # polling a server that is starting, not synchronising a test
@@ -65,7 +75,8 @@ def main(argv: list[str]) -> int:
         return 2
     STATE.mkdir(exist_ok=True)
     env = {**os.environ, **SETTINGS, "PX_OUTBOX_PATH": str(STATE / "outbox.sqlite3"),
-           "FLASK_APP_DB": str(STATE / "flask_app.sqlite3")}
+           "FLASK_APP_DB": str(STATE / "flask_app.sqlite3"),
+           "DJANGO_APP_DB": str(STATE / "django_app.sqlite3")}
     px = subprocess.Popen(
         [sys.executable, "-m", "px_middleware", "devserver", "--port", str(PX_PORT),
          "--db", str(STATE / "px-devserver.sqlite3"), "--api-key", SETTINGS["PX_API_KEY"],

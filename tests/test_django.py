@@ -1,0 +1,228 @@
+"""Django end to end: the example project under gunicorn (WSGI) and uvicorn (ASGI),
+Debian's Chromium through Playwright, the PX stand-in over real HTTP.
+
+Bare and wrapped servers run the same settings (``tests/support/django_settings.py``),
+with and without ``PXMiddleware``; whatever PX must not touch is compared byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.devserver import DevServer
+from tests.support.django_pages import PAGE, chunks
+from tests.support.servers import Server, gunicorn, raw_request, uvicorn
+
+CHROMIUM = "/usr/bin/chromium"
+KEY = "AP-DJANGO000001-2"
+# Headless Chromium says "HeadlessChrome", which the default bot_pattern does not track.
+USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/156.0 Safari/537.36"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"]
+SNIPPET = re.compile(rb'<script data-px-middleware="1"[^>]*>.*?</script>', re.S)
+CSRF = re.compile(rb'name="csrfmiddlewaretoken" value="[^"]+"')
+SIGN_UP = 1707696000000  # alice joined 2024-02-12 (examples/django_app/database.py)
+
+SERVERS: dict[str, Callable[[dict[str, str]], AbstractContextManager[Server]]] = {
+    # gthread: Chromium's idle preconnected sockets would hold a sync worker's shutdown.
+    "gunicorn": lambda env: gunicorn("examples.django_app.wsgi", "--worker-class", "gthread",
+                                     "--threads", "4", env=env),
+    "uvicorn": lambda env: uvicorn("examples.django_app.asgi:application", env=env),
+}
+
+
+def django_env(devserver: DevServer, db: Path, **extra: str) -> dict[str, str]:
+    return {
+        "DJANGO_SETTINGS_MODULE": "tests.support.django_settings",
+        "DJANGO_APP_DB": str(db),
+        "PX_PRODUCT_KEY": KEY,
+        "PX_DATA_CENTER": "local",
+        "PX_LOCAL_URL": devserver.base_url,
+        "PX_HMAC_SECRET": devserver.hmac_secret,
+        "PX_API_KEY": devserver.api_key,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        message = "Debian's chromium is not installed (apt-get install chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
+        context = playwright.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=ARGS, user_agent=USER_AGENT,
+        )
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    browser.clear_cookies()
+    page = browser.new_page()
+    yield page
+    page.close()
+
+
+def calls(devserver: DevServer, method: str) -> list[dict[str, Any]]:
+    return [c for c in devserver.sdk_calls() if c["method"] == method]
+
+
+def log_in(page: Any, server: Server, email: str = "alice@acme.test",
+           password: str = "alice") -> None:
+    page.goto(server.url + "/login/")
+    page.fill("input[name=username]", email)
+    page.fill("input[name=password]", password)
+    page.click("form[method=post] button[type=submit]")
+    page.wait_for_load_state()
+
+
+# -- the browser: login, identify, events -------------------------------------------------
+
+@pytest.mark.browser
+@pytest.mark.parametrize("server_name", sorted(SERVERS))
+def test_login_form_identify_with_verified_hash_and_events(
+    server_name: str, page: Any, devserver: DevServer, tmp_path: Path
+) -> None:
+    with SERVERS[server_name](django_env(devserver, tmp_path / "app.sqlite3")) as server:
+        page.goto(server.url + "/")
+        page.wait_for_function("Array.isArray(window.__pxCalls)")  # the stand-in SDK ran
+        assert calls(devserver, "identify") == []  # anonymous: loader only
+
+        log_in(page, server)
+        assert page.url == server.url + "/u/1/"  # /me/ redirected to alice's own page
+        identify = devserver.wait_for(lambda: calls(devserver, "identify"))[0]
+        user, account = identify["args"]
+        assert identify["hash_valid"] is True
+        assert user["userHash"] == hmac.new(devserver.hmac_secret.encode(), b"1",
+                                            hashlib.sha256).hexdigest()
+        assert {k: v for k, v in user.items() if k != "userHash"} == {
+            "id": "1", "email": "alice@acme.test", "firstName": "Alice", "lastName": "Anders",
+            "signUpDate": SIGN_UP,
+        }
+        assert account == {"id": "acme", "name": "Acme Corporation", "plan": "Enterprise",
+                           "industry": "Manufacturing"}
+
+        page.goto(server.url + "/")
+        page.wait_for_function("Array.isArray(window.__pxCalls)")
+
+        def two_page_views() -> list[dict[str, Any]]:
+            views = devserver.events(eventName="page_view", identifyId="1")
+            return views if len(views) >= 2 else []
+
+        views = devserver.wait_for(two_page_views, timeout=20)
+        assert {v["url"].rsplit(":", 1)[1].split("/", 1)[1] for v in views} >= {"u/1/", ""}
+        assert all(v["accountId"] == "acme" and v["userType"] == "USER" for v in views)
+        starts = devserver.events(eventName="session_start", identifyId="1")
+        assert len(starts) == 1 and starts[0]["sessionId"] == views[-1]["sessionId"]
+        # Nothing was recorded for bob, and nothing for the login POST or the redirect.
+        assert devserver.events(identifyId="2") == []
+
+
+# -- what PX must not touch: byte for byte against a bare server ----------------------------
+
+@pytest.fixture(scope="module")
+def bare_and_wrapped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
+    """A bare and a wrapped server (events on), shared by the comparisons below."""
+    tmp = tmp_path_factory.mktemp("django")
+    with DevServer(tmp / "px.sqlite3") as devserver:
+        wrapped_env = django_env(devserver, tmp / "wrapped.sqlite3")
+        bare_env = django_env(devserver, tmp / "bare.sqlite3", DJANGO_BARE="1")
+        with gunicorn("examples.django_app.wsgi", env=bare_env) as bare, \
+                gunicorn("examples.django_app.wsgi", env=wrapped_env) as wrapped:
+            yield bare, wrapped
+
+
+REDIRECT_COOKIE = pytest.mark.xfail(
+    strict=True, reason="the core tracks a 3xx text/html response (Django's redirects): it "
+    "gets the px_session cookie, though DESIGN.md says redirects are not page views")
+
+
+BROWSER_HEADERS = {"User-Agent": USER_AGENT, "Accept": "text/html", "Sec-Fetch-Dest": "document",
+                   "Sec-Fetch-Mode": "navigate"}
+
+
+@pytest.mark.parametrize("target", [
+    "/static/style.css", "/static/admin/css/base.css", "/api/me", "/t/exempt",
+    "/t/exempt-here", pytest.param("/me/", marks=REDIRECT_COOKIE),
+    pytest.param("/admin/", marks=REDIRECT_COOKIE),
+])
+def test_static_json_redirects_and_files_are_byte_identical_to_bare(
+    bare_and_wrapped: tuple[Server, Server], target: str
+) -> None:
+    bare, wrapped = bare_and_wrapped
+    expected = raw_request(bare.port, target, headers=BROWSER_HEADERS)
+    got = raw_request(wrapped.port, target, headers=BROWSER_HEADERS)
+    assert expected.status in (200, 302)
+    assert got.normalized() == expected.normalized()
+    # The control: an HTML page from the same server does get the snippet.
+    assert SNIPPET.search(raw_request(wrapped.port, "/", headers=BROWSER_HEADERS).body)
+
+
+def test_the_admin_works_as_it_does_bare(bare_and_wrapped: tuple[Server, Server]) -> None:
+    pages = []
+    for server in bare_and_wrapped:
+        with httpx.Client(base_url=server.url, headers={"User-Agent": USER_AGENT}) as client:
+            login = client.get("/admin/login/?next=/admin/")
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login.text)
+            assert token is not None
+            done = client.post("/admin/login/?next=/admin/", data={
+                "csrfmiddlewaretoken": token.group(1), "username": "alice@acme.test",
+                "password": "alice", "next": "/admin/"}, follow_redirects=True)
+            assert done.status_code == 200 and str(done.url).endswith("/admin/")
+            users = client.get("/admin/auth/user/")
+            edit = client.get("/admin/auth/user/2/change/")  # shows a salted password hash
+            assert edit.status_code == 200 and b"<title>bob@globex.test | Change" in edit.content
+            pages.append([(r.status_code, CSRF.sub(b"", SNIPPET.sub(b"", r.content)))
+                          for r in (login, done, users)])
+            if server is bare_and_wrapped[1]:
+                assert all(SNIPPET.search(r.content) for r in (login, done, users, edit))
+                assert b'"id":"1"' in SNIPPET.search(users.content).group(0)  # type: ignore[union-attr]
+    bare_pages, wrapped_pages = pages
+    assert wrapped_pages == bare_pages
+    assert b"bob@globex.test" in wrapped_pages[2][1]
+
+
+def test_a_file_response_is_never_injected(bare_and_wrapped: tuple[Server, Server]) -> None:
+    bare, wrapped = bare_and_wrapped
+    expected = raw_request(bare.port, "/t/file", headers=BROWSER_HEADERS)
+    got = raw_request(wrapped.port, "/t/file", headers=BROWSER_HEADERS)
+    assert got.body == expected.body == PAGE  # an HTML file, sent as is
+    # Its head is the bare one, plus the session cookie of a tracked HTML page view.
+    assert [h for h in got.headers if h[0] != "Set-Cookie"] == [
+        ("Date", got.header("date") or "") if h[0] == "Date" else h for h in expected.headers]
+    assert [c.split("=")[0] for c in got.header_all("set-cookie")] == ["px_session"]
+
+
+# -- streaming under both servers --------------------------------------------------------
+
+@pytest.mark.parametrize(("server_name", "target"),
+                         [("gunicorn", "/t/stream"), ("uvicorn", "/t/stream"),
+                          ("uvicorn", "/t/astream")])
+def test_streamed_pages_get_the_snippet_once_and_keep_every_byte(
+    server_name: str, target: str, devserver: DevServer, tmp_path: Path
+) -> None:
+    with SERVERS[server_name](django_env(devserver, tmp_path / "app.sqlite3")) as server:
+        response = raw_request(server.port, target, headers=BROWSER_HEADERS)
+    assert response.status == 200
+    assert response.header("content-length") is None
+    assert len(SNIPPET.findall(response.body)) == 1
+    assert SNIPPET.sub(b"", response.body) == b"".join(chunks())
+    assert response.body.index(b"data-px-middleware") < response.body.index(b"<body>")
