@@ -51,7 +51,8 @@ def set_user(request: HttpRequest | None = None, /, **attributes: Any) -> Any:
     """Queue ``aptrinsic('set', 'user', {...})`` on this page (identified pages only).
 
     ``set_user(request, **attrs)`` in a view, or ``@set_user(**attrs)`` on a view.
-    Values are typed as for ``User`` (dates to epoch ms); bad ones are dropped, logged.
+    Names are PX API names (``trialEnds``); values are typed as for ``User`` (dates to
+    epoch ms), and one PX cannot store is dropped and logged.
     """
     if request is not None:
         queued: dict[str, Any] = request.META.setdefault(SET_USER_KEY, {})
