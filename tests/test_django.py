@@ -264,3 +264,22 @@ def test_django_csp_nonce_policy_loads_the_sdk_without_violations(
         assert not [m for m in console if "Content Security Policy" in m]
         identify = devserver.wait_for(lambda: calls(devserver, "identify"))[-1]
         assert identify["args"][0]["id"] == "1" and identify["hash_valid"] is True
+
+
+# -- delivery at shutdown: Django's ASGI handler has no lifespan; the exit flushes ----------
+
+@pytest.mark.parametrize("server_name", sorted(SERVERS))
+def test_events_still_in_flight_are_delivered_when_the_server_stops(
+    server_name: str, devserver: DevServer, tmp_path: Path
+) -> None:
+    devserver.faults(latency_ms=400)  # every delivery is slow: some are pending at SIGTERM
+    with SERVERS[server_name](django_env(devserver, tmp_path / "app.sqlite3")) as server:
+        cookies: dict[str, str] = {}
+        for _ in range(4):
+            response = httpx.get(server.url + "/", headers=BROWSER_HEADERS, cookies=cookies)
+            assert SNIPPET.search(response.content)
+            cookies = dict(response.cookies) or cookies
+    # The server has exited (SIGTERM, then waited for): what it captured is at the stand-in.
+    views = devserver.events(eventName="page_view")
+    assert len(views) == 4 and len({v["sessionId"] for v in views}) == 1
+    assert len(devserver.events(eventName="session_start")) == 1

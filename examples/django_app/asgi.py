@@ -1,7 +1,7 @@
 """``uvicorn examples.django_app.asgi:application``: the example under ASGI.
 
-Django's ASGI handler has no lifespan; uvicorn says so once at start-up and goes on.
-Captured events are flushed when the process exits (``atexit``), on SIGTERM as on Ctrl-C.
+``with_lifespan``: Django's ASGI handler has no lifespan, and without one nothing would
+deliver the events still queued when uvicorn stops (it dies of the SIGTERM it re-raises).
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ import os
 
 from django.core.asgi import get_asgi_application
 
+from px_middleware.django import with_lifespan
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_app.settings")
-application = get_asgi_application()
+application = with_lifespan(get_asgi_application())
 
 from examples.django_app.database import ensure_database  # noqa: E402  (needs settings)
 

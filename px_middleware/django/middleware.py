@@ -11,9 +11,10 @@ decompress), ``SecurityMiddleware`` and whitenoise, and before django-csp's
 ``CSPMiddleware``, so we see the policy it sets. ``request.user`` is read when the
 response comes back, so it may sit above ``AuthenticationMiddleware``.
 
-Delivery: events go to a background sender per process, flushed by ``atexit`` when
-the process exits (gunicorn and uvicorn both exit the interpreter cleanly on
-SIGTERM; Django's ASGI handler has no lifespan, so the exit is what flushes).
+Delivery: events go to a background sender per process. Under WSGI, ``atexit``
+flushes it when the worker exits. Under ASGI, wrap the application in
+``with_lifespan`` (see ``lifespan.py``): uvicorn dies of the SIGTERM it re-raises,
+so no ``atexit`` hook runs there.
 """
 
 from __future__ import annotations
