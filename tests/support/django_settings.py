@@ -1,5 +1,5 @@
 """The Django example's settings plus test pages; ``DJANGO_BARE=1`` drops PX,
-``DJANGO_CSP`` adds django-csp with that policy (``nonce`` or ``nonce+host``)."""
+``DJANGO_CSP=1`` adds django-csp with a nonce policy."""
 
 from __future__ import annotations
 
@@ -14,19 +14,17 @@ TEMPLATES[0]["DIRS"] = [HERE / "templates",  # noqa: F405
 if os.environ.get("DJANGO_BARE") == "1":
     MIDDLEWARE = [m for m in MIDDLEWARE if not m.startswith("px_middleware")]
 
-_policy = os.environ.get("DJANGO_CSP")
-if _policy:
+if os.environ.get("DJANGO_CSP") == "1":
     from csp.constants import NONCE, SELF
 
     INSTALLED_APPS = [*INSTALLED_APPS, "csp"]  # noqa: F405
-    # Inside ours, as the README says: we see the header it writes.
+    # Below ours, as the README says: we see the header it writes.
     MIDDLEWARE = [*MIDDLEWARE, "csp.middleware.CSPMiddleware"]
-    _stand_in = os.environ["PX_LOCAL_URL"]
-    _scripts = [NONCE] if _policy == "nonce" else [NONCE, _stand_in]
+    # Nonce only; /t/csp-host adds the stand-in's origin (csp_update).
     CONTENT_SECURITY_POLICY = {
         "DIRECTIVES": {
             "default-src": [SELF],
-            "script-src": _scripts,
-            "connect-src": [SELF, _stand_in],
+            "script-src": [NONCE],
+            "connect-src": [SELF, os.environ["PX_LOCAL_URL"]],
         },
     }

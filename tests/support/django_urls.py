@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 from collections.abc import AsyncIterator
 
 from django.http import FileResponse, HttpRequest, HttpResponse, StreamingHttpResponse
@@ -51,6 +52,13 @@ def csp_page(request: HttpRequest) -> HttpResponse:
     return render(request, "csp.html")
 
 
+def csp_host_page(request: HttpRequest) -> HttpResponse:
+    from csp.decorators import csp_update
+
+    allow_stand_in = csp_update({"script-src": [os.environ["PX_LOCAL_URL"]]})
+    return allow_stand_in(csp_page)(request)  # type: ignore[no-any-return]
+
+
 urlpatterns = [
     *example_urls,
     path("t/stream", stream),
@@ -60,4 +68,5 @@ urlpatterns = [
     path("t/exempt-here", exempt_here),
     path("t/set-user", with_set_user),
     path("t/csp", csp_page),
+    path("t/csp-host", csp_host_page),
 ]
