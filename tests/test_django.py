@@ -12,6 +12,8 @@ import hmac
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -43,7 +45,25 @@ SERVERS: dict[str, Callable[[dict[str, str]], AbstractContextManager[Server]]] =
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _template_db(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Migrate and seed one database; every server starts from a copy of it."""
+    global TEMPLATE_DB
+    path = tmp_path_factory.mktemp("django-template") / "app.sqlite3"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.support.django_settings",
+           "DJANGO_APP_DB": str(path), "PX_PRODUCT_KEY": KEY}
+    subprocess.run([sys.executable, "-c", "import examples.django_app.wsgi"], env=env,
+                   check=True, timeout=120)
+    TEMPLATE_DB = path
+
+
+TEMPLATE_DB: Path | None = None
+
+
 def django_env(devserver: DevServer, db: Path, **extra: str) -> dict[str, str]:
+    """The server's settings; its database ``db`` starts as a copy of the template."""
+    assert TEMPLATE_DB is not None
+    shutil.copyfile(TEMPLATE_DB, db)
     return {
         "DJANGO_SETTINGS_MODULE": "tests.support.django_settings",
         "DJANGO_APP_DB": str(db),
@@ -179,7 +199,8 @@ def test_static_json_redirects_and_files_are_byte_identical_to_bare(
 def test_the_admin_works_as_it_does_bare(bare_and_wrapped: tuple[Server, Server]) -> None:
     pages = []
     for server in bare_and_wrapped:
-        with httpx.Client(base_url=server.url, headers={"User-Agent": USER_AGENT}) as client:
+        with httpx.Client(base_url=server.url, headers={"User-Agent": USER_AGENT},
+                          timeout=30) as client:
             login = client.get("/admin/login/?next=/admin/")
             token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', login.text)
             assert token is not None
@@ -213,14 +234,22 @@ def test_a_file_response_is_never_injected(bare_and_wrapped: tuple[Server, Serve
 
 # -- streaming under both servers --------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def asgi_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("django-asgi")
+    with DevServer(tmp / "px.sqlite3") as devserver, \
+            SERVERS["uvicorn"](django_env(devserver, tmp / "app.sqlite3")) as server:
+        yield server
+
+
 @pytest.mark.parametrize(("server_name", "target"),
                          [("gunicorn", "/t/stream"), ("uvicorn", "/t/stream"),
                           ("uvicorn", "/t/astream")])
 def test_streamed_pages_get_the_snippet_once_and_keep_every_byte(
-    server_name: str, target: str, devserver: DevServer, tmp_path: Path
+    server_name: str, target: str, bare_and_wrapped: tuple[Server, Server], asgi_server: Server
 ) -> None:
-    with SERVERS[server_name](django_env(devserver, tmp_path / "app.sqlite3")) as server:
-        response = raw_request(server.port, target, headers=BROWSER_HEADERS)
+    server = bare_and_wrapped[1] if server_name == "gunicorn" else asgi_server
+    response = raw_request(server.port, target, headers=BROWSER_HEADERS)
     assert response.status == 200
     assert response.header("content-length") is None
     assert len(SNIPPET.findall(response.body)) == 1
@@ -243,9 +272,10 @@ NONCE_ON_SDK = pytest.mark.xfail(
 @pytest.fixture(scope="module")
 def csp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, DevServer]]:
     tmp = tmp_path_factory.mktemp("django-csp")
-    with DevServer(tmp / "px.sqlite3") as devserver, \
-            SERVERS["gunicorn"](django_env(devserver, tmp / "app.sqlite3", DJANGO_CSP="1")) as server:
-        yield server, devserver
+    with DevServer(tmp / "px.sqlite3") as devserver:
+        env = django_env(devserver, tmp / "app.sqlite3", DJANGO_CSP="1")
+        with SERVERS["gunicorn"](env) as server:
+            yield server, devserver
 
 
 @pytest.mark.browser
@@ -290,7 +320,8 @@ def test_events_still_in_flight_are_delivered_when_the_server_stops(
     with start as server:
         cookies: dict[str, str] = {}
         for _ in range(3):
-            response = httpx.get(server.url + "/", headers=BROWSER_HEADERS, cookies=cookies)
+            response = httpx.get(server.url + "/", headers=BROWSER_HEADERS, cookies=cookies,
+                                 timeout=30)
             assert SNIPPET.search(response.content)
             cookies = dict(response.cookies) or cookies
     # The server has exited (SIGTERM, then waited for): what it captured is at the stand-in.

@@ -34,7 +34,7 @@ def test_the_readiness_probe_is_not_a_visitor(
            "DJANGO_APP_DB": str(tmp_path / "django.sqlite3")}
     with gunicorn(spec, *args, env=env) as server:
         demo.wait_until_up(server.url + "/", server.process, time.monotonic() + 30)
-        visit = httpx.get(server.url + "/", headers=BROWSER)
+        visit = httpx.get(server.url + "/", headers=BROWSER, timeout=30)
         assert visit.status_code == 200 and "px_session" in visit.cookies
     starts = devserver.wait_for(lambda: devserver.events(eventName="session_start"))
     views = devserver.events(eventName="page_view")

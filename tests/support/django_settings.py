@@ -28,3 +28,6 @@ if os.environ.get("DJANGO_CSP") == "1":
             "connect-src": [SELF, os.environ["PX_LOCAL_URL"]],
         },
     }
+
+# Tests log in often: Django's own advice for test suites, a fast hasher.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

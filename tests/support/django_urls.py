@@ -56,7 +56,8 @@ def csp_host_page(request: HttpRequest) -> HttpResponse:
     from csp.decorators import csp_update
 
     allow_stand_in = csp_update({"script-src": [os.environ["PX_LOCAL_URL"]]})
-    return allow_stand_in(csp_page)(request)  # type: ignore[no-any-return]
+    response: HttpResponse = allow_stand_in(csp_page)(request)
+    return response
 
 
 urlpatterns = [
