@@ -348,6 +348,25 @@ def test_a_misspelt_setting_is_an_error_at_start_up() -> None:
         middleware(page, PX_HMAC_SECERT="x")
 
 
+def test_a_px_identify_that_cannot_be_imported_is_an_error_at_start_up() -> None:
+    with pytest.raises(ImproperlyConfigured, match=r"PX_IDENTIFY='myapp.px.nowhere'"):
+        middleware(page, PX_IDENTIFY="myapp.px.nowhere")
+
+
+class MinimalUser:
+    """A custom user model with nothing but a key (no email, names or date_joined)."""
+
+    is_authenticated = True
+    pk = "u-42"
+
+
+def test_user_of_takes_what_a_custom_user_has() -> None:
+    assert user_of(MinimalUser()) == User("u-42")
+    assert user_of(ALICE) == User("7", email="alice@acme.test", first_name="Alice",
+                                  sign_up_date=ALICE.date_joined)
+    assert user_of(None) is None
+
+
 def test_settings_fall_back_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PX_API_URL", "https://px.internal.test/v1")
     monkeypatch.setenv("PX_HMAC_SECRET", "from-env")  # settings have one: they win

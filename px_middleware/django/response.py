@@ -18,7 +18,7 @@ object before anything is on the wire, so:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from django.http import FileResponse, HttpRequest
@@ -39,7 +39,7 @@ class DjangoExchange:
     """One request's ``Exchange`` and what it does to the Django response."""
 
     def __init__(self, config: PXConfig, counters: Counters, tracker: Tracker | None,
-                 path_allowed: Any, request: HttpRequest) -> None:
+                 path_allowed: Callable[[str], bool], request: HttpRequest) -> None:
         meta = request.META
         self.counters = counters
         self.exchange = Exchange(

@@ -13,6 +13,7 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
@@ -45,7 +46,10 @@ class Who:
 
     def __init__(self) -> None:
         path = getattr(settings, "PX_IDENTIFY", None)
-        self.hook: IdentifyHook | None = import_string(path) if path else None
+        try:
+            self.hook: IdentifyHook | None = import_string(path) if path else None
+        except ImportError as exc:
+            raise ImproperlyConfigured(f"px_middleware: PX_IDENTIFY={path!r}: {exc}") from exc
         self._hook_is_async = self.hook is not None and iscoroutinefunction(self.hook)
 
     def identify(self, request: HttpRequest) -> Identity | None:
