@@ -8,8 +8,10 @@ chunk by chunk, ``FileResponse`` untouched, ``Content-Length`` recomputed, the h
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import io
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -306,6 +308,24 @@ def test_a_file_response_is_untouched() -> None:
     assert response is original and response.file_to_stream is stream
     assert list(response.items()) == before
     assert b"".join(response.streaming_content) == PAGE
+
+
+def test_the_session_cookie_is_one_of_the_response_cookies() -> None:
+    def visitor_and_session(value: str) -> list[str]:
+        payload = value.split(".")[0]
+        data: list[str] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return data[:2]
+
+    # A cookie secret alone: sessions and their cookie, no delivery.
+    with override_settings(PX_COOKIE_SECRET="test-cookie-secret"):
+        client = Client()
+        first = client.get("/?as=alice", HTTP_ACCEPT="text/html")
+        morsel = first.cookies["px_session"]
+        assert (morsel["path"], morsel["httponly"], morsel["samesite"]) == ("/", True, "Lax")
+        assert int(morsel["max-age"]) > 0 and not first.has_header("Set-Cookie")
+        second = client.get("/?as=alice", HTTP_ACCEPT="text/html")  # the client sent it back
+    assert visitor_and_session(second.cookies["px_session"].value) == visitor_and_session(
+        morsel.value)
 
 
 def test_content_length_and_etag_follow_the_new_body() -> None:
