@@ -3,6 +3,9 @@
     app.config["PX_PRODUCT_KEY"] = "AP-XXXXXXXXXXXX-2"
     px = PX(app)                      # or: px = PX(); px.init_app(app)
 
+Settings ``app.config`` lacks come from ``PX_*`` environment variables: keep the
+secrets there, where debug panels that show ``app.config`` cannot.
+
 It only resolves who is on the page and wires ``PXWsgiMiddleware`` in; every
 decision about the response is the core's. Who is on the page, in this order:
 

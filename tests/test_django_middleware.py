@@ -39,6 +39,7 @@ from django.http import (  # noqa: E402
     FileResponse,
     HttpRequest,
     HttpResponse,
+    HttpResponseRedirect,
     JsonResponse,
     StreamingHttpResponse,
 )
@@ -351,6 +352,14 @@ def test_json_is_the_same_object_untouched() -> None:
     response = middleware(lambda request: original)(browser_get())
     assert response is original and list(response.items()) == before
     assert response.content == b'{"ok": true}'
+
+
+def test_a_redirect_is_the_same_object_untouched() -> None:
+    original = HttpResponseRedirect("/login/?next=/me/")
+    before = list(original.items())
+    response = middleware(lambda request: original)(browser_get())
+    assert response is original and list(response.items()) == before
+    assert response.content == b"" and not response.cookies
 
 
 def test_an_outer_px_middleware_keeps_the_request() -> None:
