@@ -300,14 +300,14 @@ def test_django_csp_nonce_policy_loads_the_sdk_without_violations(
     page.goto(server.url + target)
     page.wait_for_function("() => window.appScriptRan === true")  # the page's own nonce'd script
     page.wait_for_function("() => Array.isArray(window.__pxCalls) && window.__pxCalls.length > 0",
-                           timeout=5_000)
+                           timeout=8_000)
     assert page.evaluate("window.__violations") == []
     assert not [m for m in console if "Content Security Policy" in m]
     identify = devserver.wait_for(lambda: calls(devserver, "identify"))[-1]
     assert identify["args"][0]["id"] == "1" and identify["hash_valid"] is True
 
 
-# -- delivery at shutdown: Django's ASGI handler has no lifespan; the exit flushes ----------
+# -- delivery at shutdown: atexit under gunicorn, with_lifespan under uvicorn -----------------
 
 @pytest.mark.parametrize("server_name", sorted(SERVERS))
 def test_events_still_in_flight_are_delivered_when_the_server_stops(
