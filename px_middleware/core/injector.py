@@ -38,6 +38,8 @@ from px_middleware.core.snippet import LOADER_SIGNATURE
 
 LIMIT = 64 * 1024
 
+_Buffer = bytes | bytearray  # the held start of the body: one chunk, or several joined
+
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = b" \t\r\n\f"
 
@@ -68,7 +70,14 @@ _TOKEN = re.compile(
 _DOCTYPE = re.compile(rb"<!doctype", re.IGNORECASE)
 _COMMENT_OPEN = b"<!--"
 _COMMENT_END = re.compile(rb"--!?>")
-_CHARSETISH = re.compile(rb"charset|x-ua-compatible", re.IGNORECASE)
+
+
+def _charsetish(data: _Buffer, start: int, end: int) -> int:
+    """Offset of a "charset" or "X-UA-Compatible" mention, or -1 (ASCII-lowered copy:
+    a bytes.find beats a case-insensitive regex by far)."""
+    text = data[start:end].lower()
+    found = [at for at in (text.find(b"charset"), text.find(b"x-ua-compatible")) if at >= 0]
+    return start + min(found) if found else -1
 
 # Script data: the three tokenizer states and what ends each of them.
 _SCRIPT_DATA, _SCRIPT_ESCAPED, _SCRIPT_DOUBLE = range(3)
@@ -106,18 +115,26 @@ _raw_end: dict[bytes, re.Pattern[bytes]] = {
 #: End tags that close the head (and so are body content before an implied one).
 _HEAD_CLOSERS = (b"head", b"body", b"html", b"br")
 
-# Fast path: a run of the tokens a head is mostly made of (whitespace, void tags, a
-# title or script or style whose text holds no "<"), matched in one regex call. A run
-# is taken whole only when it holds no charset meta and no loader; the tokenizer reads
-# the run otherwise, so the fast path never decides anything the tokenizer would not.
+# Fast path: a run of the tokens a head is mostly made of (whitespace, meta/link/base,
+# a title, script or style whose text holds no "<"), matched in one regex call. Its tag
+# grammar is a strict subset of the tokenizer's (a quote opens a value only right after
+# "=", and no "<" or ">" inside a value), so where it matches it reads the same tokens;
+# possessive runs keep the regex engine from looping per character. A run is skipped
+# only up to the first charset meta or loader in it: the tokenizer reads those.
+_W = rb"[\t\n\f\r ]"
+_PLAIN_TAG = (
+    rb"(?=[\t\n\f\r />])(?:[^<>\"'=]++"
+    rb"|=" + _W + rb"*+\"[^\"<>]*+\"|=" + _W + rb"*+'[^'<>]*+'"
+    rb"|=(?=" + _W + rb"*[^\t\n\f\r \"']))*+>"
+)
 _PLAIN_RUN = re.compile(
-    rb"""(?:
-        [\t\n\f\r ]+
-      | <(?:meta|link|base)(?=[\t\n\f\r />])""" + _ATTRS + rb"""/?>
-      | <(?P<raw>title|script|style)(?=[\t\n\f\r />])""" + _ATTRS + rb"""/?>
-        [^<]*</(?P=raw)[\t\n\f\r ]*>
-    )+""",
-    re.VERBOSE | re.DOTALL | re.IGNORECASE,
+    rb"(?:" + _W + rb"++|<(?:meta|link|base)" + _PLAIN_TAG
+    + b"".join(
+        rb"|<" + name + _PLAIN_TAG + rb"[^<]*+</" + name + _W + rb"*+>"
+        for name in (b"title", b"script", b"style")
+    )
+    + rb")++",
+    re.IGNORECASE,
 )
 
 # Insertion modes of the tree builder, as far as the scanner needs them.
@@ -134,7 +151,7 @@ class Injector:
     def __init__(self, snippet: bytes, limit: int = LIMIT) -> None:
         self._snippet = snippet
         self._limit = limit
-        self._data = bytearray()
+        self._data: _Buffer = b""
         self._pos = 0
         self._mode = _INITIAL
         self._document = False  # a doctype, <html>, <head> or <body> was seen
@@ -145,6 +162,7 @@ class Injector:
         self._inside: tuple[int, int, int, int, re.Pattern[bytes] | None] | None = None
         self._wait_from = -1  # an unfinished tag at _pos: re-read once ">" is past this
         self._plain_until = 0  # the fast path stays off before this offset
+        self._fallbacks = 0  # runs the fast path handed back to the tokenizer
         #: Bytes the scanner examined, for the linear-work test and the benchmarks.
         self.scanned = 0
         #: ``None`` while undecided, then whether the snippet went in.
@@ -158,7 +176,12 @@ class Injector:
         if self.decided:
             return chunk
         data = self._data
-        data += chunk
+        if not data:
+            data = self._data = chunk  # most pages: one chunk, never copied
+        else:
+            if isinstance(data, bytes):
+                data = self._data = bytearray(data)  # appends in place from now on
+            data += chunk
         final = len(data) >= self._limit
         waiting = self._wait_from >= 0 and not final and len(data) - self._pos > 16
         if waiting and data.find(b">", self._wait_from) < 0:
@@ -179,7 +202,7 @@ class Injector:
 
     def abandon(self) -> bytes:
         """Stop: return what is held, unchanged; later chunks pass through as is."""
-        data, self._data = bytes(self._data), bytearray()
+        data, self._data = bytes(self._data), b""
         if not self.decided:
             self._decide(None, "abandoned after an error")
         return data
@@ -188,11 +211,12 @@ class Injector:
     def _release(self) -> bytes:
         if not self.decided:
             self._decide(None, f"no <head> or <body> in the first {self._limit} bytes")
-        data, self._data = bytes(self._data), bytearray()
+        data, self._data = self._data, b""
         if not self.inserted:
-            return data
+            return bytes(data)
+        view = memoryview(data)
         at = self._insert_at
-        return b"".join((data[:at], self._snippet, data[at:]))
+        return b"".join((view[:at], self._snippet, view[at:]))
 
     def _decide(self, insert_at: int | None, reason: str = "") -> bool:
         if insert_at is None:
@@ -262,7 +286,7 @@ class Injector:
                 self._wait_from = end
                 return self._give_up_or_insert("document cut short") if final else False
 
-    def _text(self, data: bytearray, pos: int, end: int) -> bool:
+    def _text(self, data: _Buffer, pos: int, end: int) -> bool:
         """Character data between tokens: whitespace, or body content."""
         if self._templates:
             return False  # template contents are not the document's body
@@ -271,19 +295,25 @@ class Injector:
             return False
         return self._body_content(end - len(stripped))
 
-    def _plain_run(self, data: bytearray, lt: int, end: int) -> int:
-        """Skip a run of plain head tokens at ``lt`` when it changes nothing; where it ends."""
+    def _plain_run(self, data: _Buffer, lt: int, end: int) -> int:
+        """Skip a run of plain head tokens at ``lt`` up to any charset meta or loader."""
         run = _PLAIN_RUN.match(data, lt, end)
         if run is None:
             return lt
         stop = run.end()
         self.scanned += stop - lt
-        if _CHARSETISH.search(data, lt, stop) or data.find(LOADER_SIGNATURE, lt, stop) >= 0:
-            self._plain_until = stop  # the tokenizer reads this run
-            return lt
-        return stop
+        found = [at for at in (_charsetish(data, lt, stop), data.find(LOADER_SIGNATURE, lt, stop))
+                 if at >= 0]
+        if not found:
+            return stop
+        # The tokenizer reads the token that holds it; the run before it changes nothing.
+        first = min(found)
+        self._fallbacks += 1
+        # A bounded number of re-matches keeps the work linear.
+        self._plain_until = stop if self._fallbacks > 4 else first
+        return data.rfind(b"<", lt, first)
 
-    def _token(self, data: bytearray, lt: int, end: int) -> int:
+    def _token(self, data: _Buffer, lt: int, end: int) -> int:
         """Read the token at ``lt``; return where the next one starts, or _NEED_MORE."""
         if data.startswith(_COMMENT_OPEN, lt):
             after = lt + len(_COMMENT_OPEN)
@@ -315,7 +345,7 @@ class Injector:
             return after
         return self._start_tag(data, name, token, end)
 
-    def _odd(self, data: bytearray, lt: int, end: int) -> int:
+    def _odd(self, data: _Buffer, lt: int, end: int) -> int:
         """A "<" that is not a whole token: cut short (``_NEED_MORE``) or plain text."""
         nxt = bytes(data[lt + 1 : lt + 2])
         if nxt.isalpha() or nxt in (b"", b"!", b"?", b"/"):
@@ -336,7 +366,7 @@ class Injector:
             self._body_content(lt)
         # Any other end tag is ignored by the tree builder here.
 
-    def _start_tag(self, data: bytearray, name: bytes, token: re.Match[bytes], end: int) -> int:
+    def _start_tag(self, data: _Buffer, name: bytes, token: re.Match[bytes], end: int) -> int:
         kind = _ELEMENTS.get(name)
         lt, after = token.start(), token.end()
         if self._templates:
@@ -364,7 +394,7 @@ class Injector:
             self._mode, self._insert_at = _IN_HEAD, lt  # an implied head opens here
         # In the head.
         if kind == _META:
-            if _CHARSETISH.search(data, lt, after):
+            if _charsetish(data, lt, after) >= 0:
                 self._insert_at = after  # these must stay first in the head
             return after
         if kind == _VOID:
@@ -383,7 +413,7 @@ class Injector:
         return after
 
     def _enter(
-        self, data: bytearray, kind: int | None, name: bytes, lt: int, after: int, end: int
+        self, data: _Buffer, kind: int | None, name: bytes, lt: int, after: int, end: int
     ) -> int:
         """A start tag whose content the tokenizer reads differently: skip that content."""
         if kind == _SCRIPT:
@@ -396,7 +426,7 @@ class Injector:
             return after
         return self._skip_inside(data, end)
 
-    def _skip_inside(self, data: bytearray, end: int) -> int:
+    def _skip_inside(self, data: _Buffer, end: int) -> int:
         """Resume the search for the end of the current comment or element text.
 
         Returns where the scanner goes on (at the closing end tag, which it then reads
@@ -426,7 +456,7 @@ class Injector:
         self._inside = None
         return match.end() if what == _COMMENT else match.start()
 
-    def _script_end(self, data: bytearray, state: int, start: int, end: int) -> int:
+    def _script_end(self, data: _Buffer, state: int, start: int, end: int) -> int:
         """Where the script's end tag starts, following the script data states."""
         assert self._inside is not None
         while True:
@@ -453,7 +483,7 @@ class Injector:
             else:  # "</script" in double-escaped text only leaves that state
                 state, start = _SCRIPT_ESCAPED, match.end()
 
-    def _check_script(self, data: bytearray, began: int, end: int) -> None:
+    def _check_script(self, data: _Buffer, began: int, end: int) -> None:
         """A whole script, from its tag: a PX loader, or CDATA HTML and XML read apart."""
         if data.find(LOADER_SIGNATURE, began, end) >= 0:
             self._decide(None, "the page already has a PX loader")
