@@ -118,22 +118,23 @@ _HEAD_CLOSERS = (b"head", b"body", b"html", b"br")
 # Fast path: a run of the tokens a head is mostly made of (whitespace, meta/link/base,
 # a title, script or style whose text holds no "<"), matched in one regex call. Its tag
 # grammar is a strict subset of the tokenizer's (a quote opens a value only right after
-# "=", and no "<" or ">" inside a value), so where it matches it reads the same tokens;
-# possessive runs keep the regex engine from looping per character. A run is skipped
-# only up to the first charset meta or loader in it: the tokenizer reads those.
+# "=", and no "<" or ">" inside a value), so where it matches it reads the same tokens.
+# Runs of characters are taken whole (the lookaheads make each one maximal), so there
+# is one way to match and the engine loops per run, not per character. A run is
+# skipped only up to its first charset meta or loader: the tokenizer reads those.
 _W = rb"[\t\n\f\r ]"
 _PLAIN_TAG = (
-    rb"(?=[\t\n\f\r />])(?:[^<>\"'=]++"
-    rb"|=" + _W + rb"*+\"[^\"<>]*+\"|=" + _W + rb"*+'[^'<>]*+'"
-    rb"|=(?=" + _W + rb"*[^\t\n\f\r \"']))*+>"
+    rb"(?=[\t\n\f\r />])(?:[^<>\"'=]+(?![^<>\"'=])"
+    rb"|=" + _W + rb"*\"[^\"<>]*\"|=" + _W + rb"*'[^'<>]*'"
+    rb"|=(?=" + _W + rb"*[^\t\n\f\r \"']))*>"
 )
 _PLAIN_RUN = re.compile(
-    rb"(?:" + _W + rb"++|<(?:meta|link|base)" + _PLAIN_TAG
+    rb"(?:" + _W + rb"+(?!" + _W + rb")|<(?:meta|link|base)" + _PLAIN_TAG
     + b"".join(
-        rb"|<" + name + _PLAIN_TAG + rb"[^<]*+</" + name + _W + rb"*+>"
+        rb"|<" + name + _PLAIN_TAG + rb"[^<]*</" + name + _W + rb"*>"
         for name in (b"title", b"script", b"style")
     )
-    + rb")++",
+    + rb")+",
     re.IGNORECASE,
 )
 
