@@ -162,6 +162,8 @@ class Injector:
         # the search for its end resumes, the pattern that ends it).
         self._inside: tuple[int, int, int, int, re.Pattern[bytes] | None] | None = None
         self._wait_from = -1  # an unfinished tag at _pos: re-read once ">" is past this
+        self._retry_at = 0  # ... and once the data is this long (it failed at a ">")
+        self._failed_at = -1  # where the last unfinished tag began
         self._plain_until = 0  # the fast path stays off before this offset
         self._fallbacks = 0  # runs the fast path handed back to the tokenizer
         #: Bytes the scanner examined, for the linear-work test and the benchmarks.
@@ -184,11 +186,16 @@ class Injector:
                 data = self._data = bytearray(data)  # appends in place from now on
             data += chunk
         final = len(data) >= self._limit
-        waiting = self._wait_from >= 0 and not final and len(data) - self._pos > 16
-        if waiting and data.find(b">", self._wait_from) < 0:
-            self.scanned += len(chunk)
-            self._wait_from = len(data)
-            return b""  # the unfinished tag cannot have ended yet
+        if self._wait_from >= 0 and not final and len(data) - self._pos > 16:
+            # The unfinished tag cannot have ended without a new ">"; one that ended
+            # nothing (a quoted ">") means: wait until the tag's data doubled, so a
+            # long tag full of quoted ">" is re-read a logarithmic number of times.
+            if len(data) < self._retry_at:
+                return b""
+            if data.find(b">", self._wait_from) < 0:
+                self.scanned += len(data) - self._wait_from
+                self._wait_from = len(data)
+                return b""
         if not self._scan(final) and not final:
             return b""
         return self._release()
@@ -285,6 +292,8 @@ class Injector:
             if pos == _NEED_MORE:
                 self._pos = lt  # re-read this token when more data arrives
                 self._wait_from = end
+                self._retry_at = lt + 2 * (end - lt) if lt == self._failed_at else 0
+                self._failed_at = lt
                 return self._give_up_or_insert("document cut short") if final else False
 
     def _text(self, data: _Buffer, pos: int, end: int) -> bool:
@@ -420,7 +429,8 @@ class Injector:
         if kind == _SCRIPT:
             self._inside = (_SCRIPT_CONTENT, lt, _SCRIPT_DATA, after, None)
         elif kind in (_RAW, _BODY_RAW):
-            self._inside = (_RAWTEXT, lt, 0, after, _raw_end[name])
+            # The state slot holds how far a failed search must back up: "</name".
+            self._inside = (_RAWTEXT, lt, len(name) + 3, after, _raw_end[name])
         elif kind == _PLAINTEXT:
             self._inside = (_PLAINTEXT_CONTENT, lt, 0, after, None)
         else:
@@ -450,7 +460,7 @@ class Injector:
         match = pattern.search(data, start, end)
         if match is None:
             self.scanned += end - start
-            overlap = 3 if what == _COMMENT else len(pattern.pattern)
+            overlap = 3 if what == _COMMENT else state
             self._inside = (what, began, state, max(start, end - overlap), pattern)
             return _NEED_MORE
         self.scanned += match.end() - start
