@@ -47,6 +47,15 @@ OTHER_HEAD = [
     "<noscript><link rel=stylesheet href=/n.css></noscript>",
     "<noframes><body>x</noframes>", "<link rel=icon href=x/>",
 ]
+#: Templates in the head (html5lib 1.1 has no <template>: Chromium is their oracle).
+TEMPLATES = [
+    "<template><meta charset=latin-1><div>not the body</div></template>",
+    "<template><template><p>x</p></template><meta charset=y></template>",
+    "<template><!-- </template> --><p>still inside</p></template>",
+    "<template><script>var t = '</template>';</script><textarea></template></textarea>"
+    "</template>",
+    "<TEMPLATE><style></template></style>text</TEMPLATE>",
+]
 BODY_STARTS = ["<div>", '<nav class="top">', "Hello", "<p>", "<img src=x>", "</br>",
                "<body>", '<body class="b">', "<textarea>", "<svg><title>x</title></svg>",
                "&nbsp;", "<h1>"]
@@ -69,12 +78,14 @@ def _ws(rnd: random.Random) -> str:
     return rnd.choice(["", "", "\n", "  ", "\r\n\t"])
 
 
-def _head_items(rnd: random.Random, most: int) -> list[str]:
+def _head_items(rnd: random.Random, most: int, templates: bool = False) -> list[str]:
     pools = [CHARSET_METAS, SCRIPTS, SCRIPTS, OTHER_HEAD, OTHER_HEAD, COMMENTS, BOGUS]
+    if templates:
+        pools += [TEMPLATES, TEMPLATES]
     return [rnd.choice(rnd.choice(pools)) + _ws(rnd) for _ in range(rnd.randint(0, most))]
 
 
-def generate(rnd: random.Random) -> Generated:
+def generate(rnd: random.Random, templates: bool = False) -> Generated:
     kind = rnd.choice(["document"] * 6 + ["fragment", "fragment", "loader"])
     parts: list[str] = []
     if rnd.random() < 0.2:
@@ -98,7 +109,7 @@ def generate(rnd: random.Random) -> Generated:
     explicit = "head" in signal
     if explicit:
         parts.append(rnd.choice(["<head>", '<head profile="a>b">', "<HEAD>"]))
-    items = _head_items(rnd, 6)
+    items = _head_items(rnd, 6, templates)
     if kind == "loader":
         items.insert(rnd.randint(0, len(items)), LOADER)
     parts += items
