@@ -532,3 +532,12 @@ def test_short_comments_end_where_the_browser_ends_them(comment: bytes) -> None:
     before = comment + b"<html><head>"
     after = b'<script>if (i-->0) {"<head>"}</script></head><body>'
     assert run(before + after) == before + SNIPPET + after
+
+
+def test_a_mutable_first_chunk_is_copied_not_appended_to() -> None:
+    first = bytearray(b"<html><head><title>t")
+    injector = Injector(SNIPPET)
+    assert injector.feed(first) == b""  # type: ignore[arg-type]
+    out = injector.feed(b"</title></head>")
+    assert first == bytearray(b"<html><head><title>t")
+    assert out == b"<html><head>" + SNIPPET + b"<title>t</title></head>"

@@ -180,7 +180,8 @@ class Injector:
             return chunk
         data = self._data
         if not data:
-            data = self._data = chunk  # most pages: one chunk, never copied
+            # Most pages: one chunk, never copied (a caller's buffer is, never aliased).
+            data = self._data = chunk if type(chunk) is bytes else bytes(chunk)
         else:
             if isinstance(data, bytes):
                 data = self._data = bytearray(data)  # appends in place from now on
