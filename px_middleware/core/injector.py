@@ -342,16 +342,17 @@ class Injector:
         if token is None:
             return self._odd(data, lt, end)
         after = token.end()
-        if token.group("declaration"):
+        declaration, empty_end, end_tag, name, _ = token.groups()
+        if declaration:
             if _DOCTYPE.match(data, lt) and not self._document:
                 self._document = True
                 if self._mode == _INITIAL:
                     self._mode = _BEFORE_HEAD
             return after
-        if token.group("empty_end"):
+        if empty_end:
             return after  # "</>" is dropped by the tokenizer
-        name = token.group("name").lower()
-        if token.group("end"):
+        name = name.lower()
+        if end_tag:
             self._end_tag(name, lt)
             return after
         return self._start_tag(data, name, token, end)
