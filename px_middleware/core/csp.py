@@ -31,7 +31,8 @@ from urllib.parse import urlsplit
 _ENFORCE = "content-security-policy"
 _REPORT_ONLY = "content-security-policy-report-only"
 _DIRECTIVES = ("script-src-elem", "script-src", "default-src")
-_NONCE_SOURCE = re.compile(r"'nonce-([A-Za-z0-9+/_=-]+)'")
+# Keywords are case-insensitive (CSP's grammar is ABNF); the nonce value is not.
+_NONCE_SOURCE = re.compile(r"'(?i:nonce)-([A-Za-z0-9+/_=-]+)'")
 _HASH_SOURCE = re.compile(r"'(?:sha256|sha384|sha512)-[A-Za-z0-9+/_=-]+'", re.IGNORECASE)
 _DIRECTIVE_NAME = re.compile(r"[A-Za-z0-9-]+")
 _HOST_SOURCE = re.compile(
