@@ -541,3 +541,9 @@ def test_a_mutable_first_chunk_is_copied_not_appended_to() -> None:
     out = injector.feed(b"</title></head>")
     assert first == bytearray(b"<html><head><title>t")
     assert out == b"<html><head>" + SNIPPET + b"<title>t</title></head>"
+
+
+def test_a_loader_mention_outside_a_script_does_not_hide_a_charset_meta_before_it() -> None:
+    before = b'<html><head><meta charset="utf-8">'
+    after = b'<meta name="x" content="aptrinsic"><title>t</title></head><body>'
+    assert run(before + after) == before + SNIPPET + after

@@ -165,7 +165,6 @@ class Injector:
         self._retry_at = 0  # ... and once the data is this long (it failed at a ">")
         self._failed_at = -1  # where the last unfinished tag began
         self._plain_until = 0  # the fast path stays off before this offset
-        self._fallbacks = 0  # runs the fast path handed back to the tokenizer
         #: Bytes the scanner examined, for the linear-work test and the benchmarks.
         self.scanned = 0
         #: ``None`` while undecided, then whether the snippet went in.
@@ -307,22 +306,34 @@ class Injector:
         return self._body_content(end - len(stripped))
 
     def _plain_run(self, data: _Buffer, lt: int, end: int) -> int:
-        """Skip a run of plain head tokens at ``lt`` up to any charset meta or loader."""
+        """Skip a run of plain head tokens at ``lt``; where it ends (``lt``: no run).
+
+        A charset meta in the run moves the insertion point as the tokenizer would:
+        after the last meta tag that mentions a charset or X-UA-Compatible (a mention
+        in a title or another tag moves nothing). A loader hands the run back to the
+        tokenizer, which decides.
+        """
         run = _PLAIN_RUN.match(data, lt, end)
         if run is None:
             return lt
         stop = run.end()
-        self.scanned += stop - lt
-        found = [at for at in (_charsetish(data, lt, stop), data.find(LOADER_SIGNATURE, lt, stop))
-                 if at >= 0]
-        if not found:
-            return stop
-        # The tokenizer reads the token that holds it; the run before it changes nothing.
-        first = min(found)
-        self._fallbacks += 1
-        # A bounded number of re-matches keeps the work linear.
-        self._plain_until = stop if self._fallbacks > 4 else first
-        return data.rfind(b"<", lt, first)
+        self.scanned += 2 * (stop - lt)  # the match, and the lowered copy searched below
+        text = data[lt:stop].lower()
+        for word in (b"charset", b"x-ua-compatible"):
+            at = len(text)
+            while (at := text.rfind(word, 0, at)) >= 0:
+                tag = text.rfind(b"<", 0, at)
+                # Plain tags hold no ">" inside a value: the first ">" ends the tag.
+                if text.startswith(b"<meta", tag) and text.find(b">", tag) > at:
+                    self._insert_at = max(self._insert_at, lt + text.find(b">", tag) + 1)
+                    break
+        loader = data.find(LOADER_SIGNATURE, lt, stop)
+        if loader >= 0:
+            # The tokenizer reads on from the tag that mentions it (and sees the charset
+            # metas after it again, which moves the insertion point nowhere new).
+            self._plain_until = stop
+            return data.rfind(b"<", lt, loader)
+        return stop
 
     def _token(self, data: _Buffer, lt: int, end: int) -> int:
         """Read the token at ``lt``; return where the next one starts, or _NEED_MORE."""
