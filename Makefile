@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# The Flask sdist ships the tutorial app (flaskr) that tests/test_flaskr.py runs.
+	$(BIN)/python -m pip download --quiet --no-binary :all: --no-deps -d $(VENV)/sdists \
+		"flask==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("flask"))')"
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -10,6 +10,9 @@ Run with ``.venv/bin/python -m benchmarks.bench_core``. Prints, never asserts.
    in one run with interleaved rounds. Two baselines: appending each chunk to a list
    (the cost of a Python loop, nothing else) and copying each chunk into a buffer (the
    least a server does with a chunk: write it somewhere).
+3. Linear work: a head streamed in 1-byte chunks at 4 KB and at 64 KB (plain head tags,
+   then one long comment), the injector's cost per byte at each size and their ratio
+   (about 1 when the work is linear in the head), interleaved rounds, medians.
 """
 
 from __future__ import annotations
@@ -179,9 +182,55 @@ def bench_stream() -> None:
     print("   chunk against none, the copy baseline is the least a server does per chunk)")
 
 
+# -- 3. linear work on a head streamed byte by byte -------------------------------------------
+
+_HEAD_TAGS = (
+    b'<meta name="k" content="v v v"><link rel="stylesheet" href="/s.css?v=1">'
+    b"<script>var a = 1 < 2 && '</div>';</script><style>a > b { c: d }</style>"
+)
+
+
+def streamed_head(size: int, kind: str) -> bytes:
+    start = b"<!doctype html><html><head>"
+    if kind == "comment":
+        filler = b"<!--" + b"x-" * ((size - len(start)) // 2 - 4) + b"-->"
+    else:
+        filler = _HEAD_TAGS * ((size - len(start)) // len(_HEAD_TAGS))
+    return start + filler + b"</head><body>"
+
+
+def feed_bytes(page: bytes) -> int:
+    """Stream ``page`` byte by byte; the bytes the scanner examined."""
+    injector = Injector(b"<script></script>")
+    for i in range(len(page)):
+        injector.feed(page[i : i + 1])
+    injector.close()
+    return injector.scanned
+
+
+def bench_linear() -> None:
+    print("head streamed in 1-byte chunks: cost per byte, 4 KB and 64 KB")
+    for kind in ("tags", "comment"):
+        small, large = streamed_head(4_000, kind), streamed_head(64_000, kind)
+        samples: dict[int, list[float]] = {len(small): [], len(large): []}
+        for _ in range(5):
+            for page in (small, large):
+                start = time.perf_counter_ns()
+                feed_bytes(page)
+                samples[len(page)].append((time.perf_counter_ns() - start) / len(page))
+        per_small = statistics.median(samples[len(small)])
+        per_large = statistics.median(samples[len(large)])
+        # The operation count beside the clock: bytes examined per byte, noise-free.
+        scans = [feed_bytes(page) / len(page) for page in (small, large)]
+        print(f"  {kind:<8} 4 KB {per_small:6.0f} ns/byte   64 KB {per_large:6.0f} ns/byte"
+              f"   ratio {per_large / per_small:5.2f}   (target ~1: linear)"
+              f"   scanned/byte {scans[0]:.2f} vs {scans[1]:.2f}")
+
+
 def main() -> None:
     bench_page()
     bench_stream()
+    bench_linear()
 
 
 if __name__ == "__main__":

@@ -199,3 +199,157 @@ def test_csp_that_blocks_inline_scripts_gets_no_snippet(
     assert page.inner_text("h1") == "no nonce"
     assert not [m for m in console if "Content Security Policy" in m]
     assert calls(devserver, "identify") == []
+
+
+# -- real CSP set-ups (Flask-Talisman), Chromium as the oracle ------------------------------
+
+VIOLATIONS = (
+    "window.__violations = [];"
+    "document.addEventListener('securitypolicyviolation',"
+    " e => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));"
+)
+
+
+@pytest.fixture(scope="module")
+def csp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, DevServer]]:
+    # A devserver of its own: the module-scoped app needs its URL in its environment.
+    scratch = tmp_path_factory.mktemp("csp")
+    with DevServer(scratch / "px-devserver.sqlite3") as devserver, gunicorn(
+        # Threads: Chromium's idle preconnect socket would hold a lone sync worker.
+        "tests.support.csp_app:create_app()", "--threads", "4", env=px_env(devserver, scratch)
+    ) as server:
+        yield server, devserver
+
+
+def load(page: Any, url: str) -> list[str]:
+    """Open ``url`` and wait for its load event (the async SDK delays it); violations."""
+    page.add_init_script(VIOLATIONS)
+    page.goto(url, wait_until="load")
+    violations: list[str] = page.evaluate("window.__violations")
+    return violations
+
+
+@pytest.mark.parametrize("path", ["/talisman", "/strict-dynamic"])
+def test_nonce_policies_load_the_sdk_and_identify_with_zero_violations(
+    path: str, page: Any, csp_server: tuple[Server, DevServer]
+) -> None:
+    server, devserver = csp_server
+    html = httpx.get(server.url + path).text
+    policy = httpx.get(server.url + path).headers["content-security-policy"]
+    assert "data-px-middleware" in html and "'nonce-" in policy
+    assert "aptrinsic.js" not in policy and devserver.base_url not in policy.split("connect-src")[0]
+    before = len(calls(devserver, "identify"))
+    violations = load(page, server.url + path)
+    page.wait_for_function("Array.isArray(window.__pxCalls)")  # the SDK itself ran
+    assert page.evaluate("window.appScriptRan") is True
+    identify = devserver.wait_for(lambda: calls(devserver, "identify")[before:])[0]
+    assert identify["args"][0]["id"] == "csp-user-1" and identify["hash_valid"] is True
+    assert violations == [] and page.evaluate("window.__violations") == []
+
+
+@pytest.mark.parametrize("path", ["/two-policies", "/hash-unsafe-inline"])
+def test_policies_that_block_our_inline_script_get_no_snippet_and_no_violation(
+    path: str, page: Any, csp_server: tuple[Server, DevServer]
+) -> None:
+    server, _ = csp_server
+    assert "data-px-middleware" not in httpx.get(server.url + path).text
+    violations = load(page, server.url + path)
+    assert page.evaluate("window.appScriptRan") is True  # the app's own script, by hash
+    assert violations == []
+    assert page.evaluate("typeof window.aptrinsic") == "undefined"
+
+
+def _oracle_policies(dev: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    n = "'nonce-n0nceOracle1'"
+    port = dev.rsplit(":", 1)[1]
+    enforce, report = "Content-Security-Policy", "Content-Security-Policy-Report-Only"
+    rows = {
+        "nonce only": [f"script-src {n}"],
+        "another nonce": ["script-src 'nonce-other'"],
+        "unsafe-inline and the SDK host": [f"script-src 'unsafe-inline' {dev}"],
+        "unsafe-inline without the SDK host": ["script-src 'unsafe-inline'"],
+        "hash switches unsafe-inline off": [f"script-src 'sha256-AAAA' 'unsafe-inline' {dev}"],
+        "strict-dynamic": [f"script-src {n} 'strict-dynamic'"],
+        "http: scheme": ["script-src 'unsafe-inline' http:"],
+        "https: scheme only": ["script-src 'unsafe-inline' https:"],
+        "any port": ["script-src 'unsafe-inline' http://127.0.0.1:*"],
+        "wrong port": [f"script-src 'unsafe-inline' http://127.0.0.1:{int(port) + 1}"],
+        "path prefix": [f"script-src 'unsafe-inline' {dev}/api/"],
+        "other path": [f"script-src 'unsafe-inline' {dev}/static/"],
+        "default-src fallback": [f"default-src {n}"],
+        "script-src-elem wins": [f"script-src-elem 'self'; script-src {n}"],
+        "first duplicate wins": [f"script-src {n}; script-src 'none'"],
+        "none": ["script-src 'none'"],
+        "second header forbids inline": [f"script-src 'unsafe-inline' {dev}", f"script-src {dev}"],
+        "comma-joined": [f"script-src 'unsafe-inline' {dev}, script-src {dev}"],
+    }
+    table = [(name, [(enforce, p) for p in policies]) for name, policies in rows.items()]
+    table.append(("report-only", [(report, "script-src 'none'")]))
+    return table
+
+
+def test_csp_verdicts_match_what_chromium_runs(
+    page: Any, csp_server: tuple[Server, DevServer]
+) -> None:
+    """For each policy: csp.check's verdict against whether Chromium ran our inline
+    loader and then the SDK it created (the stand-in SDK defines ``__pxCalls``)."""
+    from px_middleware.core import csp
+    from tests.support.csp_app import ORACLE_NONCE
+
+    server, devserver = csp_server
+    sdk = devserver.base_url + "/api/aptrinsic.js"
+    disagreements = []
+    for name, headers in _oracle_policies(devserver.base_url):
+        url = httpx.URL(server.url + "/oracle", params=[(k.title(), v) for k, v in headers])
+        page.goto(str(url), wait_until="load")
+        ran = page.evaluate("typeof window.aptrinsic === 'function'"
+                            " && Array.isArray(window.__pxCalls)")
+        verdict = csp.check(headers, ORACLE_NONCE, sdk, server.url)
+        if verdict.allowed != ran:
+            disagreements.append((name, verdict.allowed, ran, verdict.reason))
+    assert disagreements == []
+
+
+# -- Chromium as the HTML5 oracle where html5lib has no support: <template> ---------------
+
+DOM_CHECK = """([original, injected]) => {
+  const parse = (html) => new DOMParser().parseFromString(html, "text/html");
+  const doc = parse(injected);
+  const markers = doc.querySelectorAll("script[data-px-mark]");
+  if (markers.length !== 1) return "markers: " + markers.length;
+  const marker = markers[0];
+  if (marker.parentNode !== doc.head) return "not in head: " + doc.documentElement.outerHTML;
+  for (let node = marker.nextSibling; node; node = node.nextSibling) {
+    if (node.nodeName === "META" && /charset|x-ua-compatible/i.test(node.outerHTML))
+      return "charset meta after the snippet";
+  }
+  marker.remove();
+  const same = doc.documentElement.outerHTML === parse(original).documentElement.outerHTML;
+  return same ? "" : "the page's own tree changed";
+}"""
+
+
+def test_generated_documents_with_templates_land_in_chromiums_head(page: Any) -> None:
+    """The injector's position on pages with templates (nested, with comments, with raw
+    text inside) against Chromium's own parser (DOMParser), 300 seeded documents."""
+    import random
+
+    from px_middleware.core.injector import Injector
+    from tests.html5_documents import MARKER, generate
+
+    rnd = random.Random(1105)
+    failures = []
+    checked = 0
+    for _ in range(300):
+        doc = generate(rnd, templates=True)
+        injector = Injector(MARKER)
+        out = injector.feed(doc.data) + injector.close()
+        if doc.kind != "document" or not injector.inserted:
+            continue  # fragments and loader pages: tests/test_injector_html5.py
+        checked += 1
+        # A string has no byte-order mark to strip: DOMParser would read it as text.
+        verdict = page.evaluate(DOM_CHECK, [doc.data.decode("utf-8-sig"), out.decode("utf-8-sig")])
+        if verdict:
+            failures.append((doc.data, verdict))
+    assert checked > 150
+    assert [v for _, v in failures] == [], failures[:3]

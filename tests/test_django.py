@@ -267,9 +267,6 @@ VIOLATIONS = (
     "document.addEventListener('securitypolicyviolation',"
     " e => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));"
 )
-NONCE_ON_SDK = pytest.mark.xfail(
-    strict=True, reason="a nonce-only policy needs the loader to give the nonce to the SDK "
-    "script it creates (injector work on branch issue11-injector, not yet in main)")
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +281,7 @@ def csp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve
 @pytest.mark.browser
 @pytest.mark.parametrize("target", [
     "/t/csp-host",  # script-src: the nonce and the stand-in's origin
-    pytest.param("/t/csp", marks=NONCE_ON_SDK),  # script-src: the nonce only
+    "/t/csp",  # script-src: the nonce only (the loader gives it to the SDK script too)
 ])
 def test_django_csp_nonce_policy_loads_the_sdk_without_violations(
     target: str, page: Any, csp_server: tuple[Server, DevServer]

@@ -148,10 +148,10 @@ def _head_item(draw: st.DrawFn) -> tuple[str, bool]:
     return _comment(draw), False
 
 
-def _preamble(draw: st.DrawFn, b: Builder) -> None:
+def _preamble(draw: st.DrawFn, b: Builder, doctype: bool = True) -> None:
     if draw(st.booleans()):
         b.add(BOM)
-    if draw(st.booleans()):
+    if doctype and draw(st.booleans()):
         b.add(draw(st.sampled_from(["<!DOCTYPE html>", "<!doctype html>", "<!DocType HTML>"])))
     for _ in range(draw(st.integers(0, 2))):
         b.add(_ws(draw))
@@ -180,7 +180,8 @@ def documents(draw: st.DrawFn) -> Doc:
         b.add('<?xml version="1.0" encoding="utf-8"?>\n<feed xmlns="http://www.w3.org/2005/Atom">')
         b.add(f"<head><title>{draw(_SAFE_TEXT)}</title></head><body>x</body></feed>")
         return Doc(b.bytes(), None, kind)
-    _preamble(draw, b)
+    # A doctype makes whatever follows a document (with an empty, implied head).
+    _preamble(draw, b, doctype=kind != "fragment")
     if kind == "fragment":
         start = draw(st.sampled_from(["<div>", "<p class=x>", "Hello ", "<section>", "<header>",
                                       "</div>", "<textarea>"]))
@@ -191,12 +192,20 @@ def documents(draw: st.DrawFn) -> Doc:
         b.add(f"<{_case(draw, 'html')}{attrs}>")
         b.add(_ws(draw))
     if kind == "body":
-        # No <head>: head elements may still come first; the snippet goes before <body.
+        # No <head>: head elements before <body> make up an implied head, which opens at
+        # the first of them (comments before it stay outside), or at <body> itself.
+        at: int | None = None
         for _ in range(draw(st.integers(0, 3))):
-            b.add(_head_item(draw)[0])
+            item, moves = _head_item(draw)
+            item_at = b.size
+            item_end = b.add(item)
+            if at is None and not item.startswith("<!--"):
+                at = item_at
+            if moves:
+                at = item_end
             b.add(_ws(draw))
-        at = _body(draw, b)
-        return Doc(b.bytes(), at, kind)
+        body_at = _body(draw, b)
+        return Doc(b.bytes(), body_at if at is None else at, kind)
     attrs = _attrs(draw, ['profile="x>y"', 'data-a=">"', "class=h"])
     insert_at = b.add(f"<{_case(draw, 'head')}{attrs}>")
     if kind == "loader":
@@ -308,8 +317,14 @@ def test_script_and_style_contents_are_opaque() -> None:
     assert run(before + after) == before + SNIPPET + after
 
 
-def test_without_head_the_snippet_goes_right_before_body() -> None:
-    before = b"<!DOCTYPE html><html><title>no head</title>"
+def test_without_head_the_snippet_goes_at_the_start_of_the_implied_head() -> None:
+    before = b"<!DOCTYPE html><html>"
+    after = b'<title>no head</title><body class="x"><p>hi</p></body></html>'
+    assert run(before + after) == before + SNIPPET + after
+
+
+def test_without_any_head_element_the_snippet_goes_right_before_body() -> None:
+    before = b"<!DOCTYPE html><html>"
     after = b'<body class="x"><p>hi</p></body></html>'
     assert run(before + after) == before + SNIPPET + after
 
@@ -516,4 +531,19 @@ def test_short_comments_end_where_the_browser_ends_them(comment: bytes) -> None:
     put the scanner inside whatever follows (here: into a script)."""
     before = comment + b"<html><head>"
     after = b'<script>if (i-->0) {"<head>"}</script></head><body>'
+    assert run(before + after) == before + SNIPPET + after
+
+
+def test_a_mutable_first_chunk_is_copied_not_appended_to() -> None:
+    first = bytearray(b"<html><head><title>t")
+    injector = Injector(SNIPPET)
+    assert injector.feed(first) == b""  # type: ignore[arg-type]
+    out = injector.feed(b"</title></head>")
+    assert first == bytearray(b"<html><head><title>t")
+    assert out == b"<html><head>" + SNIPPET + b"<title>t</title></head>"
+
+
+def test_a_loader_mention_outside_a_script_does_not_hide_a_charset_meta_before_it() -> None:
+    before = b'<html><head><meta charset="utf-8">'
+    after = b'<meta name="x" content="aptrinsic"><title>t</title></head><body>'
     assert run(before + after) == before + SNIPPET + after

@@ -283,7 +283,8 @@ const results = sources.map((src) => {
     queue: (ctx.aptrinsic.q || []).map((args) => Array.from(args)),
     key: ctx.aptrinsic.p,
     config: ctx.aptrinsic.c === undefined ? null : ctx.aptrinsic.c,
-    scripts: inserted.map((el) => ({src: el.src, async: el.async})),
+    scripts: inserted.map((el) => ({src: el.src, async: el.async,
+                                    nonce: el.nonce === undefined ? null : el.nonce})),
   };
 });
 process.stdout.write(JSON.stringify(results));
@@ -327,7 +328,9 @@ def test_the_rendered_script_runs_and_queues_the_calls() -> None:
         "key": KEY,
         "config": {"usePOST": True},
         "scripts": [
-            {"src": f"https://web-sdk.aptrinsic.com/api/aptrinsic.js?a={KEY}", "async": True}
+            # The SDK element carries the nonce too, or a nonce-only CSP blocks it.
+            {"src": f"https://web-sdk.aptrinsic.com/api/aptrinsic.js?a={KEY}", "async": True,
+             "nonce": "abc"}
         ],
     }
     assert anonymous == {
@@ -335,6 +338,17 @@ def test_the_rendered_script_runs_and_queues_the_calls() -> None:
         "key": KEY,
         "config": None,
         "scripts": [
-            {"src": f"https://web-sdk-eu.aptrinsic.com/api/aptrinsic.js?a={KEY}", "async": True}
+            {"src": f"https://web-sdk-eu.aptrinsic.com/api/aptrinsic.js?a={KEY}", "async": True,
+             "nonce": None}
         ],
     }
+
+
+@given(nonce=st.from_regex(r"[A-Za-z0-9+/_=-]{1,64}", fullmatch=True))
+def test_the_nonce_on_the_sdk_element_keeps_the_script_ascii_and_xhtml_safe(nonce: str) -> None:
+    script = render(config(), nonce=nonce)
+    script.decode("ascii")
+    body = script[script.index(b">") + 1 : -len(b"</script>")]
+    for forbidden in (b"<", b">", b"&", b"'"):
+        assert forbidden not in body
+    assert f'r.nonce="{nonce}";'.encode() in body

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from px_middleware.config import PXConfig
+from px_middleware.core import csp
 from px_middleware.core.counters import Counters
 from px_middleware.core.injector import Injector
 from px_middleware.core.model import Identity, coerce
@@ -44,34 +44,6 @@ SEEN_KEY = "px_middleware.seen"
 SKIP_KEY = "px_middleware.skip"
 #: Environ/scope key holding attributes queued by ``set_user`` for this response.
 SET_USER_KEY = "px_middleware.set_user"
-
-_CSP_NONCE = re.compile(r"'nonce-([A-Za-z0-9+/_=-]+)'")
-
-
-def csp_nonce_from_headers(headers: list[tuple[str, str]]) -> tuple[bool, str | None]:
-    """From ``Content-Security-Policy``: (inline scripts need a nonce, the nonce allowed).
-
-    Reusing the page's own nonce is what the app itself does for its inline scripts;
-    a policy that blocks inline scripts and offers no nonce means: do not inject.
-    """
-    for name, value in headers:
-        if name.lower() != "content-security-policy":
-            continue
-        directives = {d.split()[0].lower(): d for d in value.split(";") if d.split()}
-        source = (
-            directives.get("script-src-elem")
-            or directives.get("script-src")
-            or directives.get("default-src")
-        )
-        if source is None:
-            continue
-        match = _CSP_NONCE.search(source)
-        if match:
-            return True, match.group(1)
-        if "'unsafe-inline'" not in source:
-            return True, None
-    return False, None
-
 
 class Exchange:
     """Per-request state for one response; adapters keep one per request, in a local."""
@@ -232,9 +204,12 @@ class Exchange:
             reason = public_cache_reason(headers)
             if reason:
                 return self.skip(reason)
-        csp_needs_nonce, csp_nonce = csp_nonce_from_headers(headers)
-        nonce = nonce or csp_nonce
-        if nonce is None and (nonce_required or csp_needs_nonce):
+        page = f"{self._request.scheme}://{self._request.host}" if self._request.host else None
+        verdict = csp.check(headers, nonce, self._config.sdk_script_url, page)
+        if not verdict.allowed:
+            return self.skip(verdict.reason)
+        nonce = verdict.nonce
+        if nonce is None and nonce_required:
             return self.skip("a CSP nonce is required but none was found (fail closed)")
         try:
             snippet = render(

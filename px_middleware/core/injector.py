@@ -5,22 +5,27 @@ may be sent now, ``close()`` returns the rest. It holds the start of the documen
 until it knows the insertion point (at most ``limit`` bytes, 64 KiB by default), then
 passes every later chunk through untouched.
 
-The decision depends only on the first ``limit`` bytes of the document, never on how
-they were split into chunks, so any chunking gives the same output.
+The scanner follows the HTML5 tokenizer and the first insertion modes of the tree
+builder ("initial" to "in head"), so the snippet lands where a browser puts it:
 
-Where the snippet goes:
+* A document is recognised by a doctype, ``<html>``, ``<head>`` or ``<body>`` before
+  any body content. Anything else (a fragment, XML such as ``<feed>`` that merely
+  contains ``<head>``) passes through untouched.
+* The head may be explicit (after ``<head ...>``) or implied: title, meta, link, base,
+  style, script, noscript, noframes and template before the first other element or
+  non-whitespace text open it (Flask's tutorial pages are ``<!doctype html><title>``
+  ``…<nav>``). The snippet goes at the start of the head, after any ``<meta charset>``
+  / ``X-UA-Compatible`` meta there, and never after the first body content.
+* Comments (``<!-->``, ``<!--->``, ``--!>``), bogus comments (``<?…>``, ``</ …>``,
+  ``<!…>``), RCDATA/RAWTEXT (title, style, …), script data with its escaped and
+  double-escaped states (``<!--<script>`` inside a script) and nested templates are
+  read as the tokenizer reads them.
+* A page whose head already carries a PX loader is left alone, and so is an XHTML
+  empty ``<head/>`` (an XML parser closes that head at once: no place in it).
 
-* right after ``<head ...>``, and after any ``<meta charset>`` / ``X-UA-Compatible``
-  meta in that head (those must stay first for the browser to honour them);
-* else right before ``<body``;
-* never inside a comment, ``<script>``, ``<style>``, ``<textarea>``, ``<title>`` or
-  ``<template>``, which are skipped as opaque.
-
-It gives up (passes the document through unchanged) on anything that is not a
-whole HTML document: text or a non-head element before ``<head>``/``<body>`` (a
-fragment, or XML such as ``<feed>`` that merely contains ``<head>``), a page that
-already carries a PX loader in its head, or no ``<head``/``<body`` within the limit.
-
+Any chunking gives the same output, and the work is linear in the document however it
+is chunked: a comment, raw text or script left open at the end of a chunk is resumed
+where its search stopped, and an unfinished tag is re-read only once a ``>`` arrived.
 Tag names are matched case-insensitively on the bytes themselves (ASCII only), so
 nothing is decoded and no offsets shift.
 """
@@ -33,56 +38,112 @@ from px_middleware.core.snippet import LOADER_SIGNATURE
 
 LIMIT = 64 * 1024
 
+_Buffer = bytes | bytearray  # the held start of the body: one chunk, or several joined
+
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = b" \t\r\n\f"
 
-# One token at a "<", read the way the HTML tokenizer reads it, so a tag ends where a
-# browser ends it: quotes delimit a value only right after "=" (``content=O'Brien`` is
-# an unquoted value, not a quoted run that swallows the head), "<!-->" is a whole
-# comment. Every choice is made by the next character (names and values are taken
-# whole, lookaheads forbid the other reading), so there is exactly one way to match:
-# a token matched in a short window is the same token in a longer one (any chunking
-# gives the same result), and a failed match backtracks in linear time.
+# The attributes of a tag, read the way the HTML tokenizer reads them, so a tag ends
+# where a browser ends it: quotes delimit a value only right after "=" (``content=
+# O'Brien`` is an unquoted value), and a quoted value may hold ">". Every choice is made
+# by the next character, so there is one way to match: a tag matched in a short window
+# is the same tag in a longer one, and a failed match backtracks in linear time.
+_ATTRS = rb"""
+    (?:
+        [\t\n\f\r ] | /(?!>)
+      | [^\t\n\f\r />][^\t\n\f\r />=]*(?=[\t\n\f\r />=])
+        (?:[\t\n\f\r ]*=[\t\n\f\r ]*
+           (?:"[^"]*"|'[^']*'|[^\t\n\f\r >"'][^\t\n\f\r >]*(?=[\t\n\f\r >])|(?=>))
+         |(?![\t\n\f\r ]*=))
+    )*
+"""
+# One token at a "<" that is not a comment opener (those are matched by _COMMENT_OPEN).
 _TOKEN = re.compile(
     rb"""<(?:
-        (?P<comment>!--(?:>|->|.*?-->))
-      | (?P<declaration>(?:!(?!--)|\?)[^>]*>)
-      | /(?P<end>[A-Za-z][^\t\n\f\r />]*)[^>]*>
-      | (?P<start>[A-Za-z][^\t\n\f\r />]*)(?=[\t\n\f\r />])
-        (?:
-            [\t\n\f\r /]
-          | [^\t\n\f\r />][^\t\n\f\r />=]*(?=[\t\n\f\r />=])
-            (?:[\t\n\f\r ]*=[\t\n\f\r ]*
-               (?:"[^"]*"|'[^']*'|[^\t\n\f\r >"'][^\t\n\f\r >]*(?=[\t\n\f\r >])|(?=>))
-             |(?![\t\n\f\r ]*=))
-        )*
-        >
-    )""",
+        (?P<declaration>!(?!--)[^>]*>|\?[^>]*>|/[^A-Za-z>][^>]*>)
+      | (?P<empty_end>/>)
+      | (?P<end>/)?(?P<name>[A-Za-z][^\t\n\f\r />]*)(?=[\t\n\f\r />])"""
+    + _ATTRS
+    + rb"(?P<selfclosing>/)?>)",
     re.VERBOSE | re.DOTALL,
 )
+_DOCTYPE = re.compile(rb"<!doctype", re.IGNORECASE)
+_COMMENT_OPEN = b"<!--"
+_COMMENT_END = re.compile(rb"--!?>")
+
+
+def _charsetish(data: _Buffer, start: int, end: int) -> int:
+    """Offset of a "charset" or "X-UA-Compatible" mention, or -1 (ASCII-lowered copy:
+    a bytes.find beats a case-insensitive regex by far)."""
+    text = data[start:end].lower()
+    found = [at for at in (text.find(b"charset"), text.find(b"x-ua-compatible")) if at >= 0]
+    return start + min(found) if found else -1
+
+# Script data: the three tokenizer states and what ends each of them.
+_SCRIPT_DATA, _SCRIPT_ESCAPED, _SCRIPT_DOUBLE = range(3)
+_SCRIPT_SEARCH = {
+    _SCRIPT_DATA: re.compile(rb"<(?:(/)script(?=[\t\n\f\r />])|!--)", re.IGNORECASE),
+    _SCRIPT_ESCAPED: re.compile(rb"-->|<(/?)script(?=[\t\n\f\r />])", re.IGNORECASE),
+    _SCRIPT_DOUBLE: re.compile(rb"-->|<(/)script(?=[\t\n\f\r />])", re.IGNORECASE),
+}
+#: A search that failed at the end of the data resumes this far back: the longest
+#: pattern above ("</script" plus its lookahead) can straddle the end by this much.
+_SCRIPT_OVERLAP = 9
 
 # What a start tag means to the scanner, by lower-case name.
-_HTML, _HEAD, _BODY, _META, _OPAQUE, _HEAD_CONTENT = range(6)
-#: Elements whose content is not markup (skipped to their end tag), the other elements
-#: a head may hold, and the document structure; any other element starts the body.
+_HTML, _HEAD, _BODY, _META, _VOID, _RAW, _BODY_RAW, _SCRIPT, _TEMPLATE, _PLAINTEXT = range(10)
+_RAW_IN_HEAD = (b"title", b"style", b"noscript", b"noframes")
+#: Raw text elements that belong to the body; they matter only inside a template.
+_RAW_IN_BODY = (b"textarea", b"xmp", b"iframe", b"noembed")
 _ELEMENTS: dict[bytes, int] = {
     b"html": _HTML,
     b"head": _HEAD,
     b"body": _BODY,
     b"meta": _META,
-    **dict.fromkeys(
-        (b"script", b"style", b"title", b"textarea", b"template", b"noscript"), _OPAQUE
-    ),
-    **dict.fromkeys((b"link", b"base"), _HEAD_CONTENT),
+    **dict.fromkeys((b"link", b"base", b"basefont", b"bgsound"), _VOID),
+    **dict.fromkeys(_RAW_IN_HEAD, _RAW),
+    **dict.fromkeys(_RAW_IN_BODY, _BODY_RAW),
+    b"script": _SCRIPT,
+    b"template": _TEMPLATE,
+    b"plaintext": _PLAINTEXT,
 }
-_opaque_end: dict[bytes, re.Pattern[bytes]] = {
-    name: re.compile(rb"</" + name + rb"(?:[\t\n\f\r /][^>]*)?>", re.IGNORECASE)
-    for name, kind in _ELEMENTS.items()
-    if kind == _OPAQUE
+_IN_HEAD_KINDS = (_META, _VOID, _RAW, _SCRIPT, _TEMPLATE)
+_raw_end: dict[bytes, re.Pattern[bytes]] = {
+    name: re.compile(rb"</" + name + rb"(?=[\t\n\f\r />])", re.IGNORECASE)
+    for name in _RAW_IN_HEAD + _RAW_IN_BODY
 }
+#: End tags that close the head (and so are body content before an implied one).
+_HEAD_CLOSERS = (b"head", b"body", b"html", b"br")
+
+# Fast path: a run of the tokens a head is mostly made of (whitespace, meta/link/base,
+# a title, script or style whose text holds no "<"), matched in one regex call. Its tag
+# grammar is a strict subset of the tokenizer's (a quote opens a value only right after
+# "=", and no "<" or ">" inside a value), so where it matches it reads the same tokens.
+# Runs of characters are taken whole (the lookaheads make each one maximal), so there
+# is one way to match and the engine loops per run, not per character. A run is
+# skipped only up to its first charset meta or loader: the tokenizer reads those.
+_W = rb"[\t\n\f\r ]"
+_PLAIN_TAG = (
+    rb"(?=[\t\n\f\r />])(?:[^<>\"'=]+(?![^<>\"'=])"
+    rb"|=" + _W + rb"*\"[^\"<>]*\"|=" + _W + rb"*'[^'<>]*'"
+    rb"|=(?=" + _W + rb"*[^\t\n\f\r \"']))*>"
+)
+_PLAIN_RUN = re.compile(
+    rb"(?:" + _W + rb"+(?!" + _W + rb")|<(?:meta|link|base)" + _PLAIN_TAG
+    + b"".join(
+        rb"|<" + name + _PLAIN_TAG + rb"[^<]*</" + name + _W + rb"*>"
+        for name in (b"title", b"script", b"style")
+    )
+    + rb")+",
+    re.IGNORECASE,
+)
+
+# Insertion modes of the tree builder, as far as the scanner needs them.
+_INITIAL, _BEFORE_HEAD, _IN_HEAD = range(3)
+# What the scanner is inside of, when it is inside an element's content or a comment.
+_COMMENT, _RAWTEXT, _SCRIPT_CONTENT, _PLAINTEXT_CONTENT = range(4)
 
 _NEED_MORE = -1
-_END, _START = _TOKEN.groupindex["end"], _TOKEN.groupindex["start"]
 
 
 class Injector:
@@ -91,10 +152,21 @@ class Injector:
     def __init__(self, snippet: bytes, limit: int = LIMIT) -> None:
         self._snippet = snippet
         self._limit = limit
-        self._data = b""
+        self._data: _Buffer = b""
         self._pos = 0
-        self._in_head = False
+        self._mode = _INITIAL
+        self._document = False  # a doctype, <html>, <head> or <body> was seen
         self._insert_at = 0
+        self._templates = 0  # open <template> elements in the head
+        # Inside a comment or an element's text: (what, where it began, state, where
+        # the search for its end resumes, the pattern that ends it).
+        self._inside: tuple[int, int, int, int, re.Pattern[bytes] | None] | None = None
+        self._wait_from = -1  # an unfinished tag at _pos: re-read once ">" is past this
+        self._retry_at = 0  # ... and once the data is this long (it failed at a ">")
+        self._failed_at = -1  # where the last unfinished tag began
+        self._plain_until = 0  # the fast path stays off before this offset
+        #: Bytes the scanner examined, for the linear-work test and the benchmarks.
+        self.scanned = 0
         #: ``None`` while undecided, then whether the snippet went in.
         self.inserted: bool | None = None
         #: ``inserted is not None``, as a plain attribute: read for every chunk.
@@ -105,8 +177,25 @@ class Injector:
     def feed(self, chunk: bytes) -> bytes:
         if self.decided:
             return chunk
-        self._data += chunk
-        final = len(self._data) >= self._limit
+        data = self._data
+        if not data:
+            # Most pages: one chunk, never copied (a caller's buffer is, never aliased).
+            data = self._data = chunk if type(chunk) is bytes else bytes(chunk)
+        else:
+            if isinstance(data, bytes):
+                data = self._data = bytearray(data)  # appends in place from now on
+            data += chunk
+        final = len(data) >= self._limit
+        if self._wait_from >= 0 and not final and len(data) - self._pos > 16:
+            # The unfinished tag cannot have ended without a new ">"; one that ended
+            # nothing (a quoted ">") means: wait until the tag's data doubled, so a
+            # long tag full of quoted ">" is re-read a logarithmic number of times.
+            if len(data) < self._retry_at:
+                return b""
+            if data.find(b">", self._wait_from) < 0:
+                self.scanned += len(data) - self._wait_from
+                self._wait_from = len(data)
+                return b""
         if not self._scan(final) and not final:
             return b""
         return self._release()
@@ -121,7 +210,7 @@ class Injector:
 
     def abandon(self) -> bytes:
         """Stop: return what is held, unchanged; later chunks pass through as is."""
-        data, self._data = self._data, b""
+        data, self._data = bytes(self._data), b""
         if not self.decided:
             self._decide(None, "abandoned after an error")
         return data
@@ -132,7 +221,7 @@ class Injector:
             self._decide(None, f"no <head> or <body> in the first {self._limit} bytes")
         data, self._data = self._data, b""
         if not self.inserted:
-            return data
+            return bytes(data)
         view = memoryview(data)
         at = self._insert_at
         return b"".join((view[:at], self._snippet, view[at:]))
@@ -145,9 +234,23 @@ class Injector:
         self.decided = True
         return True
 
+    def _end_of_head(self) -> bool:
+        """The head ends here: inject at the insertion point, if this is a document."""
+        if not self._document:
+            return self._decide(None, "head elements, then body content: a fragment")
+        return self._decide(self._insert_at)
+
+    def _body_content(self, at: int, what: str = "text") -> bool:
+        """Body content at ``at`` (an element or text that cannot be in a head)."""
+        if self._mode == _IN_HEAD:
+            return self._end_of_head()
+        if self._mode == _BEFORE_HEAD:
+            return self._decide(at)  # the head is empty and implied: open it here
+        return self._decide(None, f"{what} before <head>/<body>: not a document")
+
     def _give_up_or_insert(self, reason: str) -> bool:
-        """At the end of what we may look at: inject if a ``<head>`` was seen."""
-        if self._in_head:
+        """At the end of what we may look at: inject if a head was seen."""
+        if self._mode == _IN_HEAD and self._document:
             return self._decide(self._insert_at)
         return self._decide(None, reason)
 
@@ -161,81 +264,256 @@ class Injector:
                 return False  # maybe the start of a byte-order mark
             if data.startswith(_BOM):
                 pos = len(_BOM)
-        find, match = data.find, _TOKEN.match
+        self._wait_from = -1
         while True:
-            lt = find(b"<", pos, end)
-            if not self._in_head:
-                text_end = end if lt < 0 else lt
-                if text_end > pos and data[pos:text_end].strip(_WHITESPACE):
-                    return self._decide(None, "text before <head>/<body>: not a whole document")
+            if self._inside is not None:
+                pos = self._skip_inside(data, end)
+                if pos == _NEED_MORE:
+                    return self._give_up_or_insert("document cut short") if final else False
+                if self.decided:
+                    return True
+            lt = data.find(b"<", pos, end)
+            text_end = end if lt < 0 else lt
+            if text_end > pos:
+                self.scanned += text_end - pos
+                if self._text(data, pos, text_end):
+                    return True
             if lt < 0:
                 self._pos = end
                 return self._give_up_or_insert("no <head> or <body>") if final else False
-            token = match(data, lt, end)
-            if token is None:
-                pos = self._odd(data, lt, end)
-            elif token.lastindex == _START:
-                pos = self._start_tag(data, token, end)
-            elif token.lastindex == _END:
-                pos = token.end()
-                if not self._in_head:
-                    self._decide(None, "end tag before <head>/<body>: not a whole document")
-                elif token.group(_END).lower() == b"head":
-                    self._decide(self._insert_at)
-            else:  # comment, doctype, processing instruction
-                pos = token.end()
+            if self._mode == _IN_HEAD and lt >= self._plain_until and not self._templates:
+                stop = self._plain_run(data, lt, end)
+                if stop != lt:
+                    pos = stop
+                    continue
+            pos = self._token(data, lt, end)
             if self.decided:
                 return True
             if pos == _NEED_MORE:
-                self._pos = lt  # rescan this token when more data arrives
+                self._pos = lt  # re-read this token when more data arrives
+                self._wait_from = end
+                self._retry_at = lt + 2 * (end - lt) if lt == self._failed_at else 0
+                self._failed_at = lt
                 return self._give_up_or_insert("document cut short") if final else False
 
-    def _odd(self, data: bytes, lt: int, end: int) -> int:
+    def _text(self, data: _Buffer, pos: int, end: int) -> bool:
+        """Character data between tokens: whitespace, or body content."""
+        if self._templates:
+            return False  # template contents are not the document's body
+        stripped = data[pos:end].lstrip(_WHITESPACE)
+        if not stripped:
+            return False
+        return self._body_content(end - len(stripped))
+
+    def _plain_run(self, data: _Buffer, lt: int, end: int) -> int:
+        """Skip a run of plain head tokens at ``lt``; where it ends (``lt``: no run).
+
+        A charset meta in the run moves the insertion point as the tokenizer would:
+        after the last meta tag that mentions a charset or X-UA-Compatible (a mention
+        in a title or another tag moves nothing). A loader hands the run back to the
+        tokenizer, which decides.
+        """
+        run = _PLAIN_RUN.match(data, lt, end)
+        if run is None:
+            return lt
+        stop = run.end()
+        self.scanned += 2 * (stop - lt)  # the match, and the lowered copy searched below
+        text = data[lt:stop].lower()
+        for word in (b"charset", b"x-ua-compatible"):
+            at = len(text)
+            while (at := text.rfind(word, 0, at)) >= 0:
+                tag = text.rfind(b"<", 0, at)
+                # Plain tags hold no ">" inside a value: the first ">" ends the tag.
+                if text.startswith(b"<meta", tag) and text.find(b">", tag) > at:
+                    self._insert_at = max(self._insert_at, lt + text.find(b">", tag) + 1)
+                    break
+        loader = data.find(LOADER_SIGNATURE, lt, stop)
+        if loader >= 0:
+            # The tokenizer reads on from the tag that mentions it (and sees the charset
+            # metas after it again, which moves the insertion point nowhere new).
+            self._plain_until = stop
+            return data.rfind(b"<", lt, loader)
+        return stop
+
+    def _token(self, data: _Buffer, lt: int, end: int) -> int:
+        """Read the token at ``lt``; return where the next one starts, or _NEED_MORE."""
+        if data.startswith(_COMMENT_OPEN, lt):
+            after = lt + len(_COMMENT_OPEN)
+            if end - after < 2:
+                return _NEED_MORE  # "<!-->" and "<!--->" are whole comments
+            self.scanned += 6
+            if data[after] == 0x3E:  # ">"
+                return after + 1
+            if data[after : after + 2] == b"->":
+                return after + 2
+            self._inside = (_COMMENT, lt, 0, after, _COMMENT_END)
+            return self._skip_inside(data, end)
+        token = _TOKEN.match(data, lt, end)
+        self.scanned += (end if token is None else token.end()) - lt
+        if token is None:
+            return self._odd(data, lt, end)
+        after = token.end()
+        declaration, empty_end, end_tag, name, _ = token.groups()
+        if declaration:
+            if _DOCTYPE.match(data, lt) and not self._document:
+                self._document = True
+                if self._mode == _INITIAL:
+                    self._mode = _BEFORE_HEAD
+            return after
+        if empty_end:
+            return after  # "</>" is dropped by the tokenizer
+        name = name.lower()
+        if end_tag:
+            self._end_tag(name, lt)
+            return after
+        return self._start_tag(data, name, token, end)
+
+    def _odd(self, data: _Buffer, lt: int, end: int) -> int:
         """A "<" that is not a whole token: cut short (``_NEED_MORE``) or plain text."""
-        nxt = data[lt + 1 : lt + 2]
-        if nxt.isalpha() or nxt in (b"", b"!", b"?"):
+        nxt = bytes(data[lt + 1 : lt + 2])
+        if nxt.isalpha() or nxt in (b"", b"!", b"?", b"/"):
             return _NEED_MORE  # a tag, comment or declaration not finished yet
-        if nxt == b"/" and data.find(b">", lt, end) < 0:
-            return _NEED_MORE  # "</" + something, not closed yet
-        # "< ", "<3", "</>", "</ x>": text as far as the document structure goes.
-        if not self._in_head:
-            self._decide(None, "text before <head>/<body>: not a whole document")
+        # "< ", "<3": a "<" that is text.
+        if not self._templates:
+            self._body_content(lt)
         return lt + 1
 
-    def _start_tag(self, data: bytes, token: re.Match[bytes], end: int) -> int:
-        name = token.group(_START)
+    def _end_tag(self, name: bytes, lt: int) -> None:
+        if self._templates:
+            if name == b"template":
+                self._templates -= 1
+            return
+        if self._mode == _INITIAL:
+            self._decide(None, "an end tag before <html>/<head>/<body>: not a document")
+        elif name in _HEAD_CLOSERS:
+            self._body_content(lt)
+        # Any other end tag is ignored by the tree builder here.
+
+    def _start_tag(self, data: _Buffer, name: bytes, token: re.Match[bytes], end: int) -> int:
         kind = _ELEMENTS.get(name)
-        if kind is None:
-            name = name.lower()
-            kind = _ELEMENTS.get(name)
-        after = token.end()
-        # Most frequent first: a head is mostly metas, scripts, styles and links.
+        lt, after = token.start(), token.end()
+        if self._templates:
+            if kind == _TEMPLATE:
+                self._templates += 1
+                return after
+            return self._enter(data, kind, name, lt, after, end)
+        if self._mode != _IN_HEAD:
+            if kind == _HTML:
+                self._document, self._mode = True, _BEFORE_HEAD
+                return after
+            if kind == _HEAD:
+                if token.group("selfclosing"):
+                    self._decide(None, "an empty XHTML <head/>: no place for the snippet")
+                    return after
+                self._document, self._mode, self._insert_at = True, _IN_HEAD, after
+                return after
+            if kind == _BODY:
+                self._document, self._mode = True, _BEFORE_HEAD
+                self._body_content(lt)
+                return after
+            if kind not in _IN_HEAD_KINDS:
+                self._body_content(lt, f"<{name.decode(errors='replace')}>")
+                return after
+            self._mode, self._insert_at = _IN_HEAD, lt  # an implied head opens here
+        # In the head.
         if kind == _META:
-            if self._in_head:
-                tag = token.group().lower()
-                if b"charset" in tag or b"x-ua-compatible" in tag:
-                    self._insert_at = after  # these must stay first in the head
+            if _charsetish(data, lt, after) >= 0:
+                self._insert_at = after  # these must stay first in the head
             return after
-        if kind == _OPAQUE:
-            close = _opaque_end[name].search(data, after, end)
-            if close is None:
-                return _NEED_MORE
-            # From the tag itself: a loader may be ``<script src=".../aptrinsic.js">``.
-            if name == b"script" and data.find(LOADER_SIGNATURE, token.start(), close.start()) >= 0:
-                self._decide(None, "the page already has a PX loader")
-            return close.end()
-        if kind in (_HEAD_CONTENT, _HTML):
+        if kind == _VOID:
             return after
-        if kind == _HEAD:
-            if not self._in_head:
-                self._in_head, self._insert_at = True, after
+        if kind in (_HTML, _HEAD):
+            self._document = True
             return after
+        if kind == _TEMPLATE:
+            self._templates += 1
+            return after
+        if kind in (_RAW, _SCRIPT):
+            return self._enter(data, kind, name, lt, after, end)
         if kind == _BODY:
-            self._decide(self._insert_at if self._in_head else token.start())
-            return after
-        if self._in_head:  # any other element implicitly closes the head
-            self._decide(self._insert_at)
-        else:
-            label = name.decode(errors="replace")
-            self._decide(None, f"<{label}> before <head>/<body>: not a document")
+            self._document = True
+        self._end_of_head()
         return after
+
+    def _enter(
+        self, data: _Buffer, kind: int | None, name: bytes, lt: int, after: int, end: int
+    ) -> int:
+        """A start tag whose content the tokenizer reads differently: skip that content."""
+        if kind == _SCRIPT:
+            self._inside = (_SCRIPT_CONTENT, lt, _SCRIPT_DATA, after, None)
+        elif kind in (_RAW, _BODY_RAW):
+            # The state slot holds how far a failed search must back up: "</name".
+            self._inside = (_RAWTEXT, lt, len(name) + 3, after, _raw_end[name])
+        elif kind == _PLAINTEXT:
+            self._inside = (_PLAINTEXT_CONTENT, lt, 0, after, None)
+        else:
+            return after
+        return self._skip_inside(data, end)
+
+    def _skip_inside(self, data: _Buffer, end: int) -> int:
+        """Resume the search for the end of the current comment or element text.
+
+        Returns where the scanner goes on (at the closing end tag, which it then reads
+        as a token, or after a comment), or _NEED_MORE with the search position saved.
+        """
+        assert self._inside is not None
+        what, began, state, start, pattern = self._inside
+        if what == _PLAINTEXT_CONTENT:
+            self.scanned += end - start
+            self._inside = (what, began, state, end, pattern)
+            return _NEED_MORE  # plaintext never ends
+        if what == _SCRIPT_CONTENT:
+            found = self._script_end(data, state, start, end)
+            if found == _NEED_MORE:
+                return _NEED_MORE
+            self._inside = None
+            self._check_script(data, began, found)
+            return found
+        assert pattern is not None
+        match = pattern.search(data, start, end)
+        if match is None:
+            self.scanned += end - start
+            overlap = 3 if what == _COMMENT else state
+            self._inside = (what, began, state, max(start, end - overlap), pattern)
+            return _NEED_MORE
+        self.scanned += match.end() - start
+        self._inside = None
+        return match.end() if what == _COMMENT else match.start()
+
+    def _script_end(self, data: _Buffer, state: int, start: int, end: int) -> int:
+        """Where the script's end tag starts, following the script data states."""
+        assert self._inside is not None
+        while True:
+            match = _SCRIPT_SEARCH[state].search(data, start, end)
+            if match is None:
+                self.scanned += end - start
+                _, began, _, _, _ = self._inside
+                resume = max(start, end - _SCRIPT_OVERLAP)
+                self._inside = (_SCRIPT_CONTENT, began, state, resume, None)
+                return _NEED_MORE
+            self.scanned += match.end() - start
+            token = match.group()
+            if state == _SCRIPT_DATA:
+                if match.group(1):
+                    return match.start()  # </script>
+                # "<!--": escaped, with its two dashes able to end it at once ("<!-->").
+                state, start = _SCRIPT_ESCAPED, match.end() - 2
+            elif token == b"-->":
+                state, start = _SCRIPT_DATA, match.end()
+            elif state == _SCRIPT_ESCAPED:
+                if match.group(1):
+                    return match.start()  # </script> ends an escaped script too
+                state, start = _SCRIPT_DOUBLE, match.end()  # "<!--<script>"
+            else:  # "</script" in double-escaped text only leaves that state
+                state, start = _SCRIPT_ESCAPED, match.end()
+
+    def _check_script(self, data: _Buffer, began: int, end: int) -> None:
+        """A whole script, from its tag: a PX loader, or CDATA HTML and XML read apart."""
+        if data.find(LOADER_SIGNATURE, began, end) >= 0:
+            self._decide(None, "the page already has a PX loader")
+            return
+        cdata = data.find(b"<![CDATA[", began, end)
+        if cdata >= 0 and data.find(b"]]>", cdata, end) < 0:
+            # XHTML ends this script after "]]>", HTML at the "</script>" inside it.
+            self._decide(None, "a script whose CDATA section runs past its </script>")
+        self.scanned += 2 * (end - began)

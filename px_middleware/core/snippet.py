@@ -26,10 +26,14 @@ LOADER_SIGNATURE = b"aptrinsic"
 
 _NONCE = re.compile(r"[A-Za-z0-9+/_=-]{1,256}")
 
-_LOADER = (
-    '(function(n,t,a,e,co){{var i="aptrinsic";n[i]=n[i]||function(){{'
-    "(n[i].q=n[i].q||[]).push(arguments)}},n[i].p=e;n[i].c=co;"
+# Split where the loader may set the nonce on the SDK <script> it creates: under a
+# nonce-only CSP that element needs the page's nonce as much as the inline script does.
+_LOADER_HEAD = (
+    '(function(n,t,a,e,co){var i="aptrinsic";n[i]=n[i]||function(){'
+    "(n[i].q=n[i].q||[]).push(arguments)},n[i].p=e;n[i].c=co;"
     'var r=t.createElement("script");r.async=!0,r.src=a+"?a="+e;'
+)
+_LOADER_TAIL = (
     'var c=t.getElementsByTagName("script")[0];'
     # No "&&" or "<": the same bytes must also be well-formed inside XHTML.
     "if(c){{c.parentNode.insertBefore(r,c)}}else{{t.head.appendChild(r)}}"
@@ -85,9 +89,9 @@ def identify_call(
 
 
 @functools.lru_cache(maxsize=16)
-def _loader(url: str, key: str, sdk_config: str) -> str:
+def _loader_tail(url: str, key: str, sdk_config: str) -> str:
     """The loader is the same on every page of an app: build it once per config."""
-    return _LOADER.format(url=js_value(url), key=js_value(key), config=sdk_config)
+    return _LOADER_TAIL.format(url=js_value(url), key=js_value(key), config=sdk_config)
 
 
 def render(
@@ -101,13 +105,17 @@ def render(
 ) -> bytes:
     """The whole ``<script>`` element: loader, then ``reset``, ``identify``, ``set``."""
     sdk_config = "" if config.sdk_config is None else "," + js_value(dict(config.sdk_config))
-    parts = [_loader(config.sdk_script_url, config.product_key, sdk_config)]
+    tail = _loader_tail(config.sdk_script_url, config.product_key, sdk_config)
+    if nonce is None:
+        parts = [_LOADER_HEAD, tail]
+    else:
+        parts = [_LOADER_HEAD, f"r.nonce={js_value(valid_nonce(nonce))};", tail]
     if reset:
         parts.append('aptrinsic("reset");')
     if identity is not None:
         parts.append(identify_call(config, identity, on_attribute_error))
         if set_user:
             parts.append(f'aptrinsic("set","user",{js_value(dict(set_user))});')
-    nonce_attr = "" if nonce is None else f' nonce="{html.escape(valid_nonce(nonce))}"'
+    nonce_attr = "" if nonce is None else f' nonce="{html.escape(nonce)}"'
     script = f"<script {MARKER}{nonce_attr}>{''.join(parts)}</script>"
     return script.encode("ascii")
