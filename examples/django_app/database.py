@@ -23,7 +23,7 @@ DEMO_USERS = [
 def ensure_database() -> None:
     path = Path(settings.DATABASES["default"]["NAME"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(path) + ".lock", "w") as lock:
+    with open(str(path) + "-lock", "w") as lock:  # *.sqlite3-* is git-ignored
         fcntl.flock(lock, fcntl.LOCK_EX)
         call_command("migrate", verbosity=0, interactive=False)
         from django.contrib.auth import get_user_model
