@@ -105,6 +105,8 @@ class PXConfig:
     track_anonymous: bool = True
     #: Record non-HTML responses (API calls) as page views too.
     track_all_responses: bool = False
+    #: Statuses that count as a page view: never a redirect or an error page.
+    page_view_statuses: frozenset[int] = frozenset(range(200, 300))
     honor_privacy_signals: bool = False
     send_remote_host: bool = False
     #: Proxy addresses whose ``X-Forwarded-For`` is believed (with ``send_remote_host``).
@@ -171,7 +173,8 @@ class PXConfig:
             if isinstance(value, str):
                 raise ValueError(f"{name} must be a tuple of strings, not a single string")
             object.__setattr__(self, name, tuple(value))
-        object.__setattr__(self, "inject_statuses", frozenset(self.inject_statuses))
+        for name in ("inject_statuses", "page_view_statuses"):
+            object.__setattr__(self, name, _statuses(name, getattr(self, name)))
         if self.session_timeout <= 0:
             raise ValueError("session_timeout must be positive (seconds)")
         if self.rate_limit <= 0:
@@ -285,6 +288,16 @@ def _convert(name: str, annotation: Any, raw: Any) -> Any:
             raise ValueError(f"PX_{name.upper()} must be a JSON object")
         return value
     return raw
+
+
+def _statuses(name: str, value: Any) -> frozenset[int]:
+    if isinstance(value, (str, bytes, int)):
+        raise ValueError(f"{name} must be a set of HTTP status codes, not {value!r}")
+    statuses = frozenset(value)
+    for status in statuses:
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+            raise ValueError(f"{name}: {status!r} is not an HTTP status code (100-599)")
+    return statuses
 
 
 def _path_matcher(include: tuple[str, ...], exclude: tuple[str, ...]) -> Callable[[str], bool]:

@@ -3,18 +3,24 @@
 The whole state lives in the visitor's cookie (signed with itsdangerous), so any
 number of processes and machines share nothing. ``advance`` applies PX's rules:
 
-* a session ends after ``timeout`` seconds without a tracked request;
+* a session ends after ``timeout`` seconds without a counted page view;
 * a session ends when the identified user changes (login, logout, switch);
-* after a logout, the next page must run ``aptrinsic('reset')`` once.
+* after a logout or a switch, the next page must run ``aptrinsic('reset')`` once:
+  ``advance`` sets ``reset_pending`` and ``reset_shown`` clears it.
 
-A cookie that is tampered with, expired or garbled is treated as absent: a new
-visitor. That is logged at debug level and never raises.
+The cookie holds a fixed-size keyed digest of the user id (``user_key``), never the
+id itself, so it stays small whatever the id is; the id of the current request comes
+from its identity (``SessionState.user_id``, not stored).
+
+A cookie that is tampered with, expired, garbled or in an older layout is treated as
+absent: a new visitor. That is logged at debug level and never raises.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import logging
 import uuid
@@ -25,6 +31,10 @@ log = logging.getLogger("px_middleware")
 
 #: How long the visitor id is remembered, like the SDK's ``apt.uid`` cookie.
 VISITOR_MAX_AGE = 365 * 24 * 3600
+#: Longest id field a cookie may carry (ours are 36-character UUIDs, digests 32).
+_MAX_FIELD = 64
+#: First field of the cookie's JSON list; an older layout is read as a new visitor.
+_LAYOUT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,12 +44,15 @@ class SessionState:
     started: float  # epoch seconds
     last_seen: float
     pages: int
-    user_id: str | None
+    #: Keyed digest of the identified user's id (``None``: anonymous); in the cookie.
+    user_key: str | None
     #: Digest of the user/account attributes last upserted through the REST API.
     digest: str | None = None
     #: Set when a user logged out or was replaced; cleared once a page carried
-    #: ``aptrinsic('reset')``.
+    #: ``aptrinsic('reset')`` (``reset_shown``).
     reset_pending: bool = False
+    #: The user's id when this request knows it (from its identity); never stored.
+    user_id: str | None = dataclasses.field(default=None, compare=False)
 
     @property
     def duration_ms(self) -> int:
@@ -48,10 +61,11 @@ class SessionState:
 
 @dataclasses.dataclass(frozen=True)
 class Transition:
-    """What one tracked request did to the session."""
+    """What one counted page view did to the session."""
 
     state: SessionState
     #: The session that ended because of this request, if any (for ``session_end``).
+    #: Its ``user_id`` is set when this request can name that user (see ``advance``).
     ended: SessionState | None
     #: Whether ``state`` is a session that starts with this request.
     started: bool
@@ -64,37 +78,58 @@ def new_id() -> str:
 
 
 def advance(
-    previous: SessionState | None, *, now: float, user_id: str | None, timeout: float
+    previous: SessionState | None,
+    *,
+    now: float,
+    user_id: str | None,
+    user_key: str | None,
+    timeout: float,
 ) -> Transition:
-    """Apply one tracked request at time ``now`` by ``user_id`` (None: anonymous)."""
+    """Apply one page view at time ``now`` by ``user_id`` (None: anonymous).
+
+    ``user_key`` is ``SessionCookie.user_key(user_id)``. An ended session's user is
+    named only when it is the same user as now (a timeout); after a logout or a switch
+    the cookie holds only a digest, so ``ended.user_id`` stays ``None`` while
+    ``ended.user_key`` is set: such a session cannot be attributed.
+    """
     if previous is None:
-        return Transition(_fresh(new_id(), now, user_id), ended=None, started=True)
+        return Transition(_fresh(new_id(), now, user_id, user_key), ended=None, started=True)
     end_reason = None
     if now - previous.last_seen > timeout:
         end_reason = "timeout"
-    elif user_id != previous.user_id:
+    elif user_key != previous.user_key:
         end_reason = "user_change"
     if end_reason is None:
         state = dataclasses.replace(
-            previous, last_seen=max(now, previous.last_seen), pages=previous.pages + 1
+            previous, last_seen=max(now, previous.last_seen), pages=previous.pages + 1,
+            user_id=user_id,
         )
         return Transition(state, ended=None, started=False)
-    fresh = _fresh(previous.visitor_id, now, user_id)
+    fresh = _fresh(previous.visitor_id, now, user_id, user_key)
+    same_user = user_key is not None and user_key == previous.user_key
+    ended = dataclasses.replace(previous, user_id=user_id) if same_user else previous
     # Logout or a switch to someone else: the browser SDK must forget the old user.
-    if previous.reset_pending or (previous.user_id not in (None, user_id)):
+    if previous.reset_pending or (previous.user_key not in (None, user_key)):
         fresh = dataclasses.replace(fresh, reset_pending=True)
-    if user_id is not None and user_id == previous.user_id:
+    if same_user:
         fresh = dataclasses.replace(fresh, digest=previous.digest)  # same user, timed out
-    return Transition(fresh, ended=previous, started=True, end_reason=end_reason)
+    return Transition(fresh, ended=ended, started=True, end_reason=end_reason)
 
 
-def _fresh(visitor_id: str, now: float, user_id: str | None) -> SessionState:
+def reset_shown(state: SessionState) -> SessionState:
+    """The page carried ``aptrinsic('reset')``: the pending reset is done."""
+    return dataclasses.replace(state, reset_pending=False) if state.reset_pending else state
+
+
+def _fresh(visitor_id: str, now: float, user_id: str | None, user_key: str | None
+           ) -> SessionState:
     return SessionState(
         visitor_id=visitor_id,
         session_id=new_id(),
         started=now,
         last_seen=now,
         pages=1,
+        user_key=user_key,
         user_id=user_id,
     )
 
@@ -106,6 +141,20 @@ class SessionCookie:
     # zlib round trip, which costs more than the rest of the cookie on every request.
     def __init__(self, secret: str, salt: str = "px_middleware.session") -> None:
         self._signer = TimestampSigner(secret, salt=salt)
+        self._key = hashlib.sha256(b"px_middleware.user_key:" + secret.encode()).digest()
+        self._last: tuple[str | None, str | None] = (None, None)
+
+    def user_key(self, user_id: str | None) -> str | None:
+        """A fixed-size digest of ``user_id``, keyed so it cannot be looked up."""
+        if user_id is None:
+            return None
+        last_id, last_key = self._last  # one tuple read: safe from any thread
+        if user_id == last_id:
+            return last_key
+        data = user_id.encode("utf-8", "surrogatepass")
+        key = hashlib.blake2b(data, key=self._key, digest_size=16).hexdigest()
+        self._last = (user_id, key)
+        return key
 
     def load(self, value: str | None) -> SessionState | None:
         if not value:
@@ -113,14 +162,17 @@ class SessionCookie:
         try:
             payload = self._signer.unsign(value, max_age=VISITOR_MAX_AGE)
             data = json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
-            visitor, session, started, last, pages, user, digest, reset = data
+            # The older layout (no version, the raw user id) fails to unpack here.
+            version, visitor, session, started, last, pages, user_key, digest, reset = data
+            if version != _LAYOUT:
+                raise ValueError(f"cookie layout {version!r}")
             state = SessionState(
                 visitor_id=_text(visitor),
                 session_id=_text(session),
                 started=float(started),
                 last_seen=float(last),
                 pages=int(pages),
-                user_id=None if user is None else _text(user),
+                user_key=None if user_key is None else _text(user_key),
                 digest=None if digest is None else _text(digest),
                 reset_pending=bool(reset),
             )
@@ -131,12 +183,13 @@ class SessionCookie:
 
     def dump(self, state: SessionState) -> str:
         data = [
+            _LAYOUT,
             state.visitor_id,
             state.session_id,
             round(state.started, 3),
             round(state.last_seen, 3),
             state.pages,
-            state.user_id,
+            state.user_key,
             state.digest,
             int(state.reset_pending),
         ]
@@ -146,6 +199,6 @@ class SessionCookie:
 
 
 def _text(value: object) -> str:
-    if not isinstance(value, str) or not value or len(value) > 512:
+    if not isinstance(value, str) or not value or len(value) > _MAX_FIELD:
         raise ValueError("malformed session cookie field")
     return value
