@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -38,6 +40,8 @@ LOCAL_BASE_URL = "http://127.0.0.1:8787"
 # AP-XXXXXXXXXXXX-2, optionally with a numeric suffix such as -2-1.
 _PRODUCT_KEY = re.compile(r"AP-[A-Z0-9]{6,}-\d+(?:-\d+)?")
 _URL = re.compile(r"https?://[^\s/?#]+(?:[/?#]\S*)?")
+#: RFC 6265 cookie-name: an HTTP token.
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SDK_CONFIG_KEYS = frozenset(
     {
         "htmlSanitization",
@@ -153,7 +157,7 @@ class PXConfig:
         for name in ("sdk_url", "api_url", "local_url"):
             value = getattr(self, name)
             # Whole-string match: a stray space or newline must not reach the page.
-            if value is not None and not (isinstance(value, str) and _URL.fullmatch(value)):
+            if value is not None and not (isinstance(value, str) and _valid_url(value)):
                 raise ValueError(f"{name} {value!r} must be an absolute http(s) URL")
         if self.hash_field not in ("id", "email"):
             raise ValueError(f"hash_field must be 'id' or 'email', not {self.hash_field!r}")
@@ -172,7 +176,38 @@ class PXConfig:
             value = getattr(self, name)
             if isinstance(value, str):
                 raise ValueError(f"{name} must be a tuple of strings, not a single string")
-            object.__setattr__(self, name, tuple(value))
+            value = tuple(value)
+            for item in value:
+                if not isinstance(item, str) or not item.strip() or item != item.strip():
+                    raise ValueError(f"{name}: {item!r} must be a non-empty string "
+                                     "without surrounding spaces")
+            object.__setattr__(self, name, value)
+        for name in ("include_paths", "exclude_paths"):
+            for pattern in getattr(self, name):
+                # Request paths start with "/": any other glob could never match one.
+                if not pattern.startswith(("/", "*", "?", "[")):
+                    raise ValueError(
+                        f"{name}: {pattern!r} can never match a request path, which starts "
+                        f"with '/' (did you mean {'/' + pattern!r}?)"
+                    )
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError as exc:
+                raise ValueError(
+                    f"trusted_proxies: {proxy!r} is not an IP address or CIDR network "
+                    f"({exc})"
+                ) from None
+        for name in ("cookie_name", "page_view_event", "session_start_event",
+                     "session_end_event"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{name} must be a non-empty string")
+        if not _COOKIE_NAME.fullmatch(self.cookie_name):
+            raise ValueError(
+                f"cookie_name {self.cookie_name!r} is not a valid cookie name "
+                "(letters, digits and !#$%&'*+-.^_`|~ only)"
+            )
         for name in ("inject_statuses", "page_view_statuses"):
             object.__setattr__(self, name, _statuses(name, getattr(self, name)))
         if self.session_timeout <= 0:
@@ -288,6 +323,18 @@ def _convert(name: str, annotation: Any, raw: Any) -> Any:
             raise ValueError(f"PX_{name.upper()} must be a JSON object")
         return value
     return raw
+
+
+def _valid_url(value: str) -> bool:
+    """Whole-string http(s) URL with a host and, when given, a port that parses."""
+    if not _URL.fullmatch(value):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError for "host:99999" or "host:x")
+    except ValueError:
+        return False
+    return bool(parts.hostname)
 
 
 def _statuses(name: str, value: Any) -> frozenset[int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
@@ -299,3 +300,90 @@ def test_advance_rules() -> None:
     assert logout.ended is not None and logout.ended.user_id is None  # not named
     again = advance(stored, now=9000.0, user_id="u", user_key="k", timeout=1800)
     assert again.ended is not None and again.ended.user_id == "u"  # same user: named
+
+
+def test_the_cookie_stays_small_and_keeps_the_session_for_a_10000_character_id(
+    clock: Clock, sent: list[Any]
+) -> None:
+    browser, _ = make(clock, sent)
+    long_id = "u" * 9_990 + "-".join("0123456789")[:10]
+    user = Identity(User(long_id, email="long@acme.test"), Account("acme"))
+    _, headers = browser.get(user)
+    cookie = next(v for n, v in headers if n == "Set-Cookie")
+    assert len(cookie.encode()) < 1024
+    assert long_id not in cookie
+    clock.advance(1)
+    browser.get(user, "/two")
+    assert names(sent) == ["session_start", "page_view", "page_view"]  # same session
+    assert {e["identifyId"] for e in events(sent)} == {long_id}  # from the identity
+    other = Identity(User(long_id[:-1] + "x"), Account("acme"))
+    browser.get(other, "/three")  # a different user whose id differs in one character
+    assert names(sent)[-2:] == ["session_start", "page_view"]
+    assert events(sent)[-1]["identifyId"] == long_id[:-1] + "x"
+
+
+def test_a_cookie_in_the_older_layout_is_a_new_visitor(clock: Clock, sent: list[Any]) -> None:
+    import base64
+    import json
+
+    from itsdangerous import TimestampSigner
+
+    browser, config = make(clock, sent)
+    # The layout before the user id became a digest: eight fields, the raw id in it.
+    old = [str(uuid4()), str(uuid4()), clock.now - 60, clock.now - 60, 3, "u-1", None, 0]
+    payload = base64.urlsafe_b64encode(json.dumps(old).encode()).rstrip(b"=")
+    signer = TimestampSigner(config.session_signing_secret or "", salt="px_middleware.session")
+    browser.cookie = signer.sign(payload).decode()
+    body, _ = browser.get(ALICE)
+    assert b'"identify"' in body
+    assert names(sent) == ["session_start", "page_view"]  # a new visitor, no crash
+
+
+def test_a_bad_attribute_is_counted_once_for_snippet_and_upsert(
+    clock: Clock, sent: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    browser, _ = make(clock, sent)
+    identity = Identity(User("u-1", custom={"tags": ["a", "b"], "seats": 3}), Account("acme"))
+    with caplog.at_level("WARNING", logger="px_middleware"):
+        body, _ = browser.get(identity)
+    assert b'"seats":3' in body and b'"tags"' not in body
+    user = next(b for kind, b in sent if kind == "user")
+    assert user["customAttributes"] == {"seats": 3}  # dropped from the upsert too
+    assert browser.tracker.counters.snapshot()["attributes_dropped"] == 1
+    assert [r.getMessage() for r in caplog.records if "tags" in r.getMessage()] == [
+        "px_middleware: attribute 'tags' dropped: "
+        "attribute 'tags': list is not a PX type (use str, int, float, bool, Decimal, "
+        "date/datetime, Enum or None)"
+    ]
+
+
+def test_cached_snippets_tell_equal_values_of_different_types_apart(
+    clock: Clock, sent: list[Any]
+) -> None:
+    """1, 1.0 and True are equal (and hash alike) in Python, but not in JSON."""
+    browser, _ = make(clock, sent)
+    bodies = [browser.get(Identity(User("u-1", custom={"flag": value})))[0]
+              for value in (1, True, 1.0, 1)]
+    flags = [re.search(rb'"flag":([^,}]*)', body) for body in bodies]
+    assert [m.group(1) if m else None for m in flags] == [b"1", b"true", b"1.0", b"1"]
+
+
+def test_event_ids_are_unique_and_a_forked_child_gets_a_new_prefix() -> None:
+    import os
+
+    from px_middleware.core.events import event_ids
+
+    first, second = event_ids.next(), event_ids.next()
+    assert first != second and first.rsplit("-", 1)[0] == second.rsplit("-", 1)[0]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its first id, then leave without cleanup
+        os.close(read)
+        os.write(write, event_ids.next().encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    assert child and child.rsplit("-", 1)[0] != first.rsplit("-", 1)[0]
+    assert child not in (first, second, event_ids.next())
