@@ -30,7 +30,6 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio.to_thread
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -59,6 +58,22 @@ def _decode(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
 
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+def _header_getter(scope: Scope) -> Callable[[str], str | None]:
+    """``header(name)`` on the scope's headers, the first of duplicates (as starlette's
+    ``Headers.get``); one dict per request instead of a list scan per lookup."""
+    found: dict[str, str] | None = None
+
+    def header(name: str) -> str | None:
+        nonlocal found
+        if found is None:
+            found = {}
+            for key, value in reversed(scope.get("headers") or ()):
+                found[key.decode("latin-1").lower()] = value.decode("latin-1")
+        return found.get(name.lower())
+
+    return header
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
@@ -123,18 +138,18 @@ class PXAsgiMiddleware:
             return
         scope[SEEN_KEY] = True
         try:
-            headers = Headers(scope=scope)
+            header = _header_getter(scope)
             client = scope.get("client")
             exchange = Exchange(
                 self.config,
                 self.counters,
                 method=scope["method"],
                 path=scope["path"],
-                header=headers.get,
+                header=header,
                 path_allowed=self._path_allowed,
                 query=scope.get("query_string", b"").decode("latin-1"),
                 scheme=scope.get("scheme", "http"),
-                host=headers.get("host", ""),
+                host=header("host") or "",
                 client=client[0] if client else None,
                 tracker=self.tracker,
                 snippets=self.snippets,

@@ -329,7 +329,8 @@ def test_a_cookie_in_the_older_layout_is_a_new_visitor(clock: Clock, sent: list[
     from itsdangerous import TimestampSigner
 
     browser, config = make(clock, sent)
-    # The layout before the user id became a digest: eight fields, the raw id in it.
+    # The layout before the user id became a digest: itsdangerous-signed, eight
+    # fields with the raw id in them.
     old = [str(uuid4()), str(uuid4()), clock.now - 60, clock.now - 60, 3, "u-1", None, 0]
     payload = base64.urlsafe_b64encode(json.dumps(old).encode()).rstrip(b"=")
     signer = TimestampSigner(config.session_signing_secret or "", salt="px_middleware.session")

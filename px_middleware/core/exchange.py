@@ -184,6 +184,7 @@ class Exchange:
         #: The identity's attributes, coerced once in ``begin`` (snippet and upsert).
         self._user: dict[str, PXValue] | None = None
         self._account: dict[str, PXValue] | None = None
+        self._ikey: _Key | None = None
         self._snippet = b""
         #: The session move of a response that may be a page view, until it is settled.
         self._move: Transition | None = None
@@ -247,7 +248,7 @@ class Exchange:
         if self.track_reason is None:
             assert tracker is not None
             previous = tracker.cookie.load(
-                cookie_value(self._header("cookie"), self._config.cookie_name)
+                cookie_value(self._header("cookie"), self._config.cookie_name), self._started
             )
             user_id = identity.user.id if identity is not None else None
             self._move = advance(
@@ -376,7 +377,7 @@ class Exchange:
         config = self._config
         if config.honor_privacy_signals and (header("sec-gpc") == "1" or header("dnt") == "1"):
             return "privacy signal (Sec-GPC/DNT) honoured"
-        if self._tracker.bots.search(header("user-agent") or ""):
+        if self._tracker.is_bot(header("user-agent") or ""):
             return "bot user agent"
         if config.track_all_responses:
             return None if path_allowed else "path excluded by include/exclude_paths"
@@ -459,7 +460,7 @@ class Exchange:
         tracker = self._tracker
         identity = self._identity
         assert tracker is not None and tracker.capture is not None and identity is not None
-        key = (_key(self._user), _key(self._account))
+        key = self._identity_key()
         fingerprint = self._snippets.digest(key) if self._snippets else _digest(key)
         if fingerprint == state.digest:
             return state
@@ -471,10 +472,7 @@ class Exchange:
         if not accepted:  # not remembered: the next request tries again
             self._counters.incr("events_dropped")
             return state
-        return SessionState(
-            state.visitor_id, state.session_id, state.started, state.last_seen, state.pages,
-            state.user_key, fingerprint, state.reset_pending, state.user_id,
-        )
+        return state._replace(digest=fingerprint)
 
     def _emit(
         self,
@@ -535,12 +533,17 @@ class Exchange:
         try:
             if self._snippets is None or nonce is not None:
                 return build()  # a nonce is per request: caching it would only churn
-            key = (None if identity is None else (_key(user), _key(account)),
-                   _key(values), reset)
+            key = (None if identity is None else self._identity_key(), _key(values), reset)
             return self._snippets.snippet(key, build)
         except (TypeError, ValueError) as exc:
             self.skip(f"snippet not rendered: {exc}")
             return None
+
+    def _identity_key(self) -> _Key:
+        key = self._ikey
+        if key is None:
+            key = self._ikey = (_key(self._user), _key(self._account))
+        return key
 
     def _attribute_error(self, name: str, exc: Exception) -> None:
         self._counters.incr("attributes_dropped")

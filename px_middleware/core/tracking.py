@@ -40,5 +40,16 @@ class Tracker:
         self.capture = capture if config.events_enabled else None
         self.clock = clock
         self.cookie = SessionCookie(secret)
-        self.bots = re.compile(config.bot_pattern, re.IGNORECASE)
+        self._bots = re.compile(config.bot_pattern, re.IGNORECASE)
+        #: User agent -> is a bot; browsers send few distinct ones, so it stays small.
+        self._agents: dict[str, bool] = {}
         self.cookie_attributes = f"Path=/; Max-Age={VISITOR_MAX_AGE}; HttpOnly; SameSite=Lax"
+
+    def is_bot(self, user_agent: str) -> bool:
+        known = self._agents.get(user_agent)
+        if known is None:
+            known = self._bots.search(user_agent) is not None
+            if len(self._agents) >= 1024:
+                self._agents.clear()  # bounded; refilled by the next requests
+            self._agents[user_agent] = known
+        return known
