@@ -195,17 +195,21 @@ class Exchange:
         #: The injector the body goes through: ours with the snippet, or an empty one
         #: that only tells a document from a fragment (for the page-view decision).
         self.injector: Injector | None = None
-        allowed = path_allowed(path)
-        reason = request_skip_reason(method, path, header, allowed)
+        allowed = self._path_allowed = path_allowed(path)
+        reason = self._request_reason = request_skip_reason(method, path, header, allowed)
         self.skip_reason: str | None = (
             "injection disabled (inject=False)" if not config.inject else reason
         )
-        self.track_reason: str | None = (
-            "tracking off" if tracker is None else self._request_track_reason(allowed, reason)
-        )
-        if self.track_reason is None:
-            assert tracker is not None
+        self.track_reason: str | None = "tracking off"
+        #: Whether the request-side tracking checks still wait for ``accepts``: they
+        #: are left until the response is known to qualify (most are not pages).
+        self._track_checks = False
+        if tracker is not None:
             self._started = tracker.clock()
+            if self.skip_reason is None:
+                self.track_reason, self._track_checks = None, True
+            else:  # needed now: it decides whether this exchange is active at all
+                self.track_reason = self._request_track_reason(allowed, reason)
 
     # -- the public sequence ---------------------------------------------------------
     @property
@@ -223,7 +227,10 @@ class Exchange:
             if reason is not None:
                 self.skip(reason)
         if self.track_reason is None:
-            self.track_reason = self._response_track_reason(status, head)
+            reason = self._response_track_reason(status, head)
+            if reason is None and self._track_checks:
+                reason = self._request_track_reason(self._path_allowed, self._request_reason)
+            self.track_reason = reason
         return self.active
 
     def begin(
