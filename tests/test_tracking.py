@@ -388,3 +388,12 @@ def test_event_ids_are_unique_and_a_forked_child_gets_a_new_prefix() -> None:
     os.waitpid(pid, 0)
     assert child and child.rsplit("-", 1)[0] != first.rsplit("-", 1)[0]
     assert child not in (first, second, event_ids.next())
+
+
+def test_a_cookie_idle_for_more_than_a_year_is_a_new_visitor() -> None:
+    cookie = SessionCookie("secret")
+    state = SessionState("v-1", "s-1", 1_000.0, 1_000.0, 3, None)
+    value = cookie.dump(state)
+    assert cookie.load(value, now=1_000.0 + 364 * 86_400) == state
+    assert cookie.load(value, now=1_000.0 + 366 * 86_400) is None
+    assert cookie.load(value[:-1] + ("A" if value[-1] != "A" else "B"), now=1_000.0) is None

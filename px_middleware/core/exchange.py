@@ -4,9 +4,11 @@
 or not, which session move, which events and upserts, which cookie. Both drivers (and
 any other, such as Django's) drive it the same way, so they cannot drift apart:
 
-1. ``Exchange(config, counters, method=..., path=..., header=..., ...)`` with the
-   request facts. ``active`` False: nothing to do, pass the response through untouched
-   (``skip_reason``/``track_reason`` say why).
+1. ``Exchange(config, counters, method=..., path=..., header=..., path_allowed=...,
+   query=..., scheme=..., host=..., client=..., tracker=..., snippets=...)`` with the
+   request facts; ``tracker`` (``delivery.tracker_for``), ``snippets`` (``Snippets()``)
+   and ``counters`` are made once per middleware. ``active`` False: nothing to do,
+   pass the response through untouched (``skip_reason``/``track_reason`` say why).
 2. ``accepts(status, headers)`` at response start: False means pass through untouched.
 3. ``begin(identity, nonce=..., nonce_required=..., set_user=...)`` once the driver
    knows who is on the page. True: the body goes through ``feed``/``close``; False:
@@ -247,7 +249,7 @@ class Exchange:
         self._identity = identity
         tracker = self._tracker
         user = account = None
-        if identity is not None and (self.skip_reason is None or self.track_reason is None):
+        if identity is not None:
             # Coerced once, for the snippet and the upsert: a bad value is counted once.
             user = self._user = identity.user.attributes(self._attribute_error)
             if identity.account is not None:
@@ -330,9 +332,10 @@ class Exchange:
         A driver calls it when it must hand the body on as is (``write()``, sendfile):
         the response is settled then, without the injector's verdict.
         """
+        if self.skip_reason is None:  # counted once per response
+            self._counters.incr("skipped")
+            log.debug("px_middleware: not injected: %s", reason)
         self.skip_reason = reason
-        self._counters.incr("skipped")
-        log.debug("px_middleware: not injected: %s", reason)
         injector = self.injector
         if injector is not None and not injector.decided:
             self.injector = None
