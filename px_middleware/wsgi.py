@@ -27,7 +27,6 @@ never held.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -167,10 +166,18 @@ class PXWsgiMiddleware:
         )
 
 
-@functools.lru_cache(maxsize=256)
+_ENVIRON_KEYS: dict[str, str] = {}
+
+
 def _environ_key(name: str) -> str:
-    key = name.upper().replace("-", "_")
-    return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
+    key = _ENVIRON_KEYS.get(name)
+    if key is None:
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        if len(_ENVIRON_KEYS) < 256:  # the core asks for a fixed set of names
+            _ENVIRON_KEYS[name] = key
+    return key
 
 
 def _header_getter(environ: WSGIEnvironment) -> Callable[[str], str | None]:
@@ -178,8 +185,8 @@ def _header_getter(environ: WSGIEnvironment) -> Callable[[str], str | None]:
     ``EnvironHeaders``, and it runs for every request."""
 
     def header(name: str) -> str | None:
-        value = environ.get(_environ_key(name))
-        return None if value is None else str(value)
+        value: str | None = environ.get(_environ_key(name))
+        return value
 
     return header
 

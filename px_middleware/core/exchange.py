@@ -152,6 +152,14 @@ def _digest(key: _Key) -> str:
 class Exchange:
     """Per-request state for one response; drivers keep one per request, in a local."""
 
+    __slots__ = (
+        "_account", "_client", "_config", "_cookie", "_counters", "_head", "_header",
+        "_headers", "_host", "_identity", "_ikey", "_method", "_move", "_path",
+        "_path_allowed", "_query", "_request_reason", "_scheme", "_snippet", "_snippets",
+        "_started", "_state", "_status", "_track_checks", "_tracker", "_user", "injector",
+        "skip_reason", "track_reason",
+    )
+
     def __init__(
         self,
         config: PXConfig,
