@@ -1,6 +1,6 @@
 """Per-request overhead of the middleware, in units of the least any injector must do.
 
-    python -m benchmarks.bench_overhead [--rounds 9] [--requests 2000]
+    python -m benchmarks.bench_overhead [--rounds 9] [--requests 2000] [--only WSGI]
 
 The floor is a minimal identify injector written here (``floor_wsgi``/``floor_asgi``):
 build the identify JSON for the user and account, compute the HMAC, find ``<head>``,
@@ -317,10 +317,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--only", choices=("WSGI", "ASGI", "linearity"))
     args = parser.parse_args(argv)
-    measure("WSGI", args.rounds, args.requests)
-    measure("ASGI", args.rounds, args.requests)
-    injector_linearity()
+    if args.only in (None, "WSGI"):
+        measure("WSGI", args.rounds, args.requests)
+    if args.only in (None, "ASGI"):
+        measure("ASGI", args.rounds, args.requests)
+    if args.only in (None, "linearity"):
+        injector_linearity()
 
 
 if __name__ == "__main__":
