@@ -256,12 +256,11 @@ class Exchange:
         assert head is not None, "accepts() first"
         self._identity = identity
         tracker = self._tracker
-        user = account = None
         if identity is not None:
             # Coerced once, for the snippet and the upsert: a bad value is counted once.
-            user = self._user = identity.user.attributes(self._attribute_error)
+            self._user = identity.user.attributes(self._attribute_error)
             if identity.account is not None:
-                account = self._account = identity.account.attributes(self._attribute_error)
+                self._account = identity.account.attributes(self._attribute_error)
         if self.track_reason is None:
             assert tracker is not None
             previous = tracker.cookie.load(
@@ -277,8 +276,7 @@ class Exchange:
             )
         if self.skip_reason is None:
             reset = self._move is not None and self._move.state.reset_pending
-            snippet = self._prepare(identity, user, account, nonce, nonce_required,
-                                    set_user, reset)
+            snippet = self._prepare(identity, nonce, nonce_required, set_user, reset)
             if snippet is not None:
                 self._snippet = snippet
                 self.injector = Injector(snippet)
@@ -428,9 +426,7 @@ class Exchange:
                 if self._identity is not None:
                     self._counters.incr("identified")
             else:
-                self.skip_reason = injector.reason
-                self._counters.incr("skipped")
-                log.debug("px_middleware: not injected: %s", injector.reason)
+                self.skip(injector.reason)
         if self._move is not None:
             if _fragment(injector):
                 self._move = None
@@ -521,8 +517,6 @@ class Exchange:
     def _prepare(
         self,
         identity: Identity | None,
-        user: dict[str, PXValue] | None,
-        account: dict[str, PXValue] | None,
         nonce: str | None,
         nonce_required: bool,
         set_user: Mapping[str, Any] | None,
