@@ -186,9 +186,10 @@ class _Cookie:
 
     def take(self, headers: Iterable[tuple[Any, Any]]) -> None:
         for name, value in headers:
-            if name in ("Set-Cookie", b"set-cookie"):
-                text = value.decode() if isinstance(value, bytes) else value
-                self.value = text.split(";", 1)[0]
+            if isinstance(name, bytes):
+                name, value = name.decode("latin-1"), value.decode("latin-1")
+            if name.lower() == "set-cookie":
+                self.value = value.split(";", 1)[0]
 
 
 def wsgi_round(app: Any, path: str, requests: int) -> float:
