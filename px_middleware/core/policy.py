@@ -69,11 +69,10 @@ def navigation_reason(header: HeaderGetter) -> str | None:
 class ResponseHead:
     """The facts about a response head that decisions need, read in one pass."""
 
-    __slots__ = ("has_content_length", "media_type", "public", "refusal")
+    __slots__ = ("media_type", "public", "refusal")
 
     def __init__(self, headers: Iterable[tuple[str, str]]) -> None:
         content_type = None
-        self.has_content_length = False
         #: Why the body must not be rewritten whatever it holds (None: it may be).
         self.refusal: str | None = None
         #: Why the response may land in a shared cache (None: it may not).
@@ -82,11 +81,9 @@ class ResponseHead:
             lower = name.lower()
             if lower == "content-type":
                 content_type = value
-            elif lower == "content-length":
-                self.has_content_length = True
-                if not _DIGITS.fullmatch(value.strip()):
-                    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
-                    self.refusal = self.refusal or f"invalid Content-Length {value!r}"
+            elif lower == "content-length" and not _DIGITS.fullmatch(value.strip()):
+                # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+                self.refusal = self.refusal or f"invalid Content-Length {value!r}"
             elif lower == "cache-control":
                 lowered = value.lower()
                 if "no-transform" in lowered:
