@@ -19,6 +19,7 @@ absent: a new visitor. That is logged at debug level and never raises.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -35,6 +36,8 @@ _MAX_FIELD = 64
 #: First field of the cookie's JSON list; an older layout is read as a new visitor.
 _LAYOUT = 2
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
+#: How many issued cookie values a process remembers (a few hundred KB at most).
+_ISSUED = 4096
 
 
 class SessionState(NamedTuple):
@@ -138,15 +141,18 @@ def _fresh(visitor_id: str, now: float, user_id: str | None, user_key: str | Non
 class SessionCookie:
     """Reads and writes ``SessionState`` as a compact, signed cookie value.
 
-    ``base64(JSON).base64(HMAC-SHA256)``, the MAC truncated to 128 bits: one C-level
-    HMAC per read or write (itsdangerous' signer costs several times more, and every
-    tracked page pays it twice). Expiry comes from ``last_seen``.
+    ``base64(JSON).hex(HMAC-SHA256)``, the MAC truncated to 128 bits: one C-level
+    HMAC per write (itsdangerous' signer costs several times more, and every page view
+    reads and writes the cookie). A value this process issued is remembered (bounded),
+    so reading it back, the next page of the same visitor, needs no MAC check.
+    Expiry comes from ``last_seen``.
     """
 
     def __init__(self, secret: str, salt: str = "px_middleware.session") -> None:
         self._sign_key = hashlib.sha256(salt.encode() + b":" + secret.encode()).digest()
         self._key = hashlib.sha256(b"px_middleware.user_key:" + secret.encode()).digest()
         self._last: tuple[str | None, str | None] = (None, None)
+        self._issued: dict[str, SessionState] = {}
 
     def user_key(self, user_id: str | None) -> str | None:
         """A fixed-size digest of ``user_id``, keyed so it cannot be looked up."""
@@ -161,15 +167,18 @@ class SessionCookie:
         return key
 
     def _mac(self, payload: bytes) -> bytes:
-        return base64.urlsafe_b64encode(hmac.digest(self._sign_key, payload, "sha256")[:16])
+        return hmac.digest(self._sign_key, payload, "sha256")[:16].hex().encode("ascii")
 
     def load(self, value: str | None, now: float | None = None) -> SessionState | None:
         """The state in ``value``, or None; ``now`` (epoch seconds) checks its age."""
         if not value:
             return None
+        issued = self._issued.get(value)
+        if issued is not None and (now is None or now - issued.last_seen <= VISITOR_MAX_AGE):
+            return issued
         try:
             payload, _, mac = value.encode("ascii").rpartition(b".")
-            if not hmac.compare_digest(self._mac(payload), mac + b"=" * (-len(mac) % 4)):
+            if not hmac.compare_digest(self._mac(payload), mac):
                 raise ValueError("bad signature")
             data = json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
             # The older layout (no version, the raw user id) fails to unpack here.
@@ -206,7 +215,14 @@ class SessionCookie:
             int(state.reset_pending),
         ]
         payload = base64.urlsafe_b64encode(_ENCODER.encode(data).encode("utf-8")).rstrip(b"=")
-        return (payload + b"." + self._mac(payload).rstrip(b"=")).decode("ascii")
+        value = (payload + b"." + self._mac(payload)).decode("ascii")
+        issued = self._issued
+        if len(issued) >= _ISSUED:
+            # Oldest first; another thread may have emptied or resized it meanwhile.
+            with contextlib.suppress(StopIteration, RuntimeError, KeyError):
+                del issued[next(iter(issued))]
+        issued[value] = state._replace(user_id=None)  # as read from the cookie
+        return value
 
 
 def _text(value: object) -> str:
