@@ -397,3 +397,13 @@ def test_a_cookie_idle_for_more_than_a_year_is_a_new_visitor() -> None:
     assert cookie.load(value, now=1_000.0 + 364 * 86_400) == state
     assert cookie.load(value, now=1_000.0 + 366 * 86_400) is None
     assert cookie.load(value[:-1] + ("A" if value[-1] != "A" else "B"), now=1_000.0) is None
+
+
+def test_a_cookie_from_another_process_is_verified_and_read_alike() -> None:
+    """Values this process issued are remembered; another worker checks the MAC."""
+    mine, other = SessionCookie("secret"), SessionCookie("secret")
+    state = SessionState("v-1", "s-1", 1_000.0, 1_060.0, 2, "k" * 32, "d" * 16, True, "u-1")
+    value = mine.dump(state)
+    read_here, read_there = mine.load(value, now=1_100.0), other.load(value, now=1_100.0)
+    assert read_here == read_there == state._replace(user_id=None)  # the id is never stored
+    assert SessionCookie("another secret").load(value, now=1_100.0) is None
