@@ -286,9 +286,10 @@ class PXAsgiMiddleware:
         headers = _decode(start.get("headers", []))
         if not exchange.accepts(start["status"], headers):
             return False
-        request = Request(scope)
+        # Only the app's own hooks need a Request; the scope lookups do not.
+        request = Request(scope) if self.identify or self.csp_nonce else None
         try:
-            if self.identify is None:
+            if self.identify is None or request is None:
                 found = identity_from_scope(scope)
             else:
                 found = await _call(self.identify, self._identify_async, request)
@@ -300,7 +301,7 @@ class PXAsgiMiddleware:
             exchange.leave("identify() raised")
             return False
         nonce: Any = None
-        if self.csp_nonce is not None:
+        if self.csp_nonce is not None and request is not None:
             try:
                 nonce = await _call(self.csp_nonce, self._nonce_async, request)
             except Exception:
