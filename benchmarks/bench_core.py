@@ -124,7 +124,7 @@ def exchange_append() -> object:
     exchange = Exchange(CONFIG, Counters(), method="GET", path="/", header=lambda name: None,
                         path_allowed=lambda path: True)
     exchange.accepts(200, HTML)
-    exchange.begin(HTML, None)
+    exchange.begin(None)
     for chunk in CHUNKS:
         out.append(exchange.feed(chunk))
     out.append(exchange.close())

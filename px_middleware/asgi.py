@@ -12,27 +12,36 @@ state lives in ``__call__``'s locals, every decision is the core's (``Exchange``
   then on every message is forwarded as it comes;
 * ``http.response.pathsend``, ``zerocopysend``, trailers and unknown messages are
   forwarded as they are (a body we never see is never injected);
-* ``identify(request)`` may be async; it runs once, at response start, when
-  ``scope["user"]``, ``scope["session"]`` and ``scope["state"]`` are set. Without
-  one, the user is found where Starlette apps keep it (``core/scope.py``);
+* ``identify(request)`` runs once, at response start, when ``scope["user"]``,
+  ``scope["session"]`` and ``scope["state"]`` are set. An ``async def`` one is
+  awaited; a plain ``def`` one (and ``csp_nonce``) runs in anyio's worker threads, as
+  Starlette runs sync endpoints, so a database lookup never blocks the event loop.
+  Without one, the user is found where Starlette apps keep it (``core/scope.py``);
 * an exception of ours is logged and the original messages go through unchanged;
   an exception of the app propagates exactly as it would without us.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import anyio.to_thread
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from px_middleware.config import SHUTDOWN_TIMEOUT, PXConfig
-from px_middleware.core.exchange import SEEN_KEY, SET_USER_KEY, SKIP_KEY, Counters, Exchange
+from px_middleware.core.exchange import (
+    SEEN_KEY,
+    SET_USER_KEY,
+    SKIP_KEY,
+    Counters,
+    Exchange,
+    Snippets,
+)
 from px_middleware.core.model import as_identity
 from px_middleware.core.scope import identity_from_scope, nonce_from_scope
 from px_middleware.delivery import get_delivery, tracker_for
@@ -51,8 +60,36 @@ def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
-async def _resolve(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
+def _header_getter(scope: Scope) -> Callable[[str], str | None]:
+    """``header(name)`` on the scope's headers, the first of duplicates (as starlette's
+    ``Headers.get``); one dict per request instead of a list scan per lookup."""
+    found: dict[str, str] | None = None
+
+    def header(name: str) -> str | None:
+        nonlocal found
+        if found is None:
+            found = {}
+            for key, value in reversed(scope.get("headers") or ()):
+                found[key.decode("latin-1").lower()] = value.decode("latin-1")
+        return found.get(name.lower())
+
+    return header
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 (an object with async __call__)
+    )
+
+
+async def _call(fn: Callable[[Request], Any], is_async: bool, request: Request) -> Any:
+    """Await an async hook; run a sync one in a worker thread, off the event loop."""
+    if is_async:
+        return await fn(request)
+    result = await anyio.to_thread.run_sync(fn, request)
+    return await result if inspect.isawaitable(result) else result
 
 
 class PXAsgiMiddleware:
@@ -87,7 +124,10 @@ class PXAsgiMiddleware:
         self.nonce_required = nonce_required and csp_nonce is not None
         self.counters = Counters()
         self.tracker = tracker_for(config, self.counters)
+        self.snippets = Snippets()
         self._path_allowed = config.path_allowed()
+        self._identify_async = identify is not None and _is_async(identify)
+        self._nonce_async = csp_nonce is not None and _is_async(csp_nonce)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan" and self.tracker and self.tracker.capture:
@@ -98,27 +138,29 @@ class PXAsgiMiddleware:
             return
         scope[SEEN_KEY] = True
         try:
-            headers = Headers(scope=scope)
+            header = _header_getter(scope)
             client = scope.get("client")
             exchange = Exchange(
                 self.config,
                 self.counters,
                 method=scope["method"],
                 path=scope["path"],
-                header=headers.get,
+                header=header,
                 path_allowed=self._path_allowed,
                 query=scope.get("query_string", b"").decode("latin-1"),
                 scheme=scope.get("scheme", "http"),
-                host=headers.get("host", ""),
+                host=header("host") or "",
                 client=client[0] if client else None,
                 tracker=self.tracker,
+                snippets=self.snippets,
             )
         except Exception:
             self._failed("reading the request")
             await self.app(scope, receive, send)
             return
         if not exchange.active:
-            log.debug("px_middleware: not injected: %s", exchange.skip_reason)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("px_middleware: not injected: %s", exchange.skip_reason)
             await self.app(scope, receive, send)
             return
         try:
@@ -148,13 +190,19 @@ class PXAsgiMiddleware:
         held_start: Message | None = None
         held_body: list[bytes] = []
 
-        async def release_original(more_body: bool) -> None:
-            """Fail open: the app's own start and the body bytes we were holding."""
+        async def release_original(more_body: bool, handed_over: bool = False) -> None:
+            """Fail open: the app's own start and the body bytes we were holding.
+
+            ``handed_over``: not a failure, the body goes on as is; the exchange's head
+            (with its session cookie when the page counts) goes out.
+            """
             nonlocal held_start
             start, held_start = held_start, None
             body = b"".join(held_body)
             held_body.clear()
             assert start is not None
+            if handed_over and exchange.changed:
+                start = {**start, "headers": _encode(exchange.headers())}
             await send(start)
             if body or not more_body:
                 await send({"type": "http.response.body", "body": body, "more_body": more_body})
@@ -166,21 +214,24 @@ class PXAsgiMiddleware:
                     await send(message)  # body after the decision, trailers, ...
                     return
                 try:
-                    injecting = await self._plan(scope, exchange, message)
+                    injecting = await self._identify_and_begin(scope, exchange, message)
                 except Exception:
                     self._failed("deciding at response start")
                     injecting = False
                 if injecting:
                     held_start = message
-                elif exchange.tracked:  # not injected, but the session cookie goes out
-                    await send({**message, "headers": _encode(exchange.headers())})
-                else:
-                    await send(message)
+                    return
+                try:
+                    if exchange.changed:  # not injected, but the session cookie goes out
+                        message = {**message, "headers": _encode(exchange.headers())}
+                except Exception:
+                    self._failed("adding the session cookie")
+                await send(message)
                 return
             if message["type"] != "http.response.body":
                 # pathsend, zerocopysend, unknown: a body we cannot rewrite.
                 exchange.skip(f"{message['type']} message (forwarded as is)")
-                await release_original(more_body=True)
+                await release_original(more_body=True, handed_over=True)
                 await send(message)
                 return
             body = message.get("body", b"")
@@ -190,9 +241,11 @@ class PXAsgiMiddleware:
                 out = exchange.feed(body)
                 if not more_body:
                     out += exchange.close()
-                if exchange.injector is None or not exchange.injector.decided:
+                if not exchange.decided:
                     return  # still looking for the insertion point (at most 64 KiB)
-                start = {**held_start, "headers": _encode(exchange.headers())}
+                start = held_start
+                if exchange.changed:
+                    start = {**start, "headers": _encode(exchange.headers())}
             except Exception:
                 self._failed("injecting")
                 await release_original(more_body)
@@ -221,36 +274,42 @@ class PXAsgiMiddleware:
         self.counters.incr("errors")
         log.exception("px_middleware: error while %s; response passed through unchanged", where)
 
-    async def _plan(self, scope: Scope, exchange: Exchange, start: Message) -> bool:
-        """At response start: True when this response gets the snippet."""
+    async def _identify_and_begin(self, scope: Scope, exchange: Exchange,
+                                  start: Message) -> bool:
+        """At response start: identify the visitor and begin the exchange.
+
+        True: the body goes through the exchange (and the start waits for its decision).
+        """
         if scope.get(SKIP_KEY):
-            return exchange.skip("skipped by the app (px_middleware.skip)")
+            exchange.leave("skipped by the app (px_middleware.skip)")
+            return False
         headers = _decode(start.get("headers", []))
         if not exchange.accepts(start["status"], headers):
             return False
-        request = Request(scope)
+        # Only the app's own hooks need a Request; the scope lookups do not.
+        request = Request(scope) if self.identify or self.csp_nonce else None
         try:
-            found = (
-                identity_from_scope(scope) if self.identify is None
-                else await _resolve(self.identify(request))
-            )
+            if self.identify is None or request is None:
+                found = identity_from_scope(scope)
+            else:
+                found = await _call(self.identify, self._identify_async, request)
             identity = as_identity(found)
         except Exception as exc:
             self.counters.incr("identify_errors")
             log.warning("px_middleware: identify() raised %r; page left alone", exc,
                         exc_info=True)
-            return exchange.skip("identify() raised")
+            exchange.leave("identify() raised")
+            return False
         nonce: Any = None
-        if self.csp_nonce is not None:
+        if self.csp_nonce is not None and request is not None:
             try:
-                nonce = await _resolve(self.csp_nonce(request))
+                nonce = await _call(self.csp_nonce, self._nonce_async, request)
             except Exception:
                 log.warning("px_middleware: csp_nonce() raised", exc_info=True)
                 nonce = None
         else:
             nonce = nonce_from_scope(scope)
         return exchange.begin(
-            headers,
             identity,
             nonce=nonce,
             nonce_required=self.nonce_required,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import ipaddress
 import logging
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -41,6 +43,8 @@ LOCAL_BASE_URL = "http://127.0.0.1:8787"
 # AP-XXXXXXXXXXXX-2, optionally with a numeric suffix such as -2-1.
 _PRODUCT_KEY = re.compile(r"AP-[A-Z0-9]{6,}-\d+(?:-\d+)?")
 _URL = re.compile(r"https?://[^\s/?#]+(?:[/?#]\S*)?")
+#: RFC 6265 cookie-name: an HTTP token.
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _SDK_CONFIG_KEYS = frozenset(
     {
         "htmlSanitization",
@@ -108,6 +112,8 @@ class PXConfig:
     track_anonymous: bool = True
     #: Record non-HTML responses (API calls) as page views too.
     track_all_responses: bool = False
+    #: Statuses that count as a page view: never a redirect or an error page.
+    page_view_statuses: frozenset[int] = frozenset(range(200, 300))
     honor_privacy_signals: bool = False
     send_remote_host: bool = False
     #: Proxy addresses whose ``X-Forwarded-For`` is believed (with ``send_remote_host``).
@@ -154,7 +160,7 @@ class PXConfig:
         for name in ("sdk_url", "api_url", "local_url"):
             value = getattr(self, name)
             # Whole-string match: a stray space or newline must not reach the page.
-            if value is not None and not (isinstance(value, str) and _URL.fullmatch(value)):
+            if value is not None and not (isinstance(value, str) and _valid_url(value)):
                 raise ValueError(f"{name} {value!r} must be an absolute http(s) URL")
         if self.hash_field not in ("id", "email"):
             raise ValueError(f"hash_field must be 'id' or 'email', not {self.hash_field!r}")
@@ -173,8 +179,40 @@ class PXConfig:
             value = getattr(self, name)
             if isinstance(value, str):
                 raise ValueError(f"{name} must be a tuple of strings, not a single string")
-            object.__setattr__(self, name, tuple(value))
-        object.__setattr__(self, "inject_statuses", frozenset(self.inject_statuses))
+            value = tuple(value)
+            for item in value:
+                if not isinstance(item, str) or not item.strip() or item != item.strip():
+                    raise ValueError(f"{name}: {item!r} must be a non-empty string "
+                                     "without surrounding spaces")
+            object.__setattr__(self, name, value)
+        for name in ("include_paths", "exclude_paths"):
+            for pattern in getattr(self, name):
+                # Request paths start with "/": any other glob could never match one.
+                if not pattern.startswith(("/", "*", "?", "[")):
+                    raise ValueError(
+                        f"{name}: {pattern!r} can never match a request path, which starts "
+                        f"with '/' (did you mean {'/' + pattern!r}?)"
+                    )
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError as exc:
+                raise ValueError(
+                    f"trusted_proxies: {proxy!r} is not an IP address or CIDR network "
+                    f"({exc})"
+                ) from None
+        for name in ("cookie_name", "page_view_event", "session_start_event",
+                     "session_end_event"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{name} must be a non-empty string")
+        if not _COOKIE_NAME.fullmatch(self.cookie_name):
+            raise ValueError(
+                f"cookie_name {self.cookie_name!r} is not a valid cookie name "
+                "(letters, digits and !#$%&'*+-.^_`|~ only)"
+            )
+        for name in ("inject_statuses", "page_view_statuses"):
+            object.__setattr__(self, name, _statuses(name, getattr(self, name)))
         if self.session_timeout <= 0:
             raise ValueError("session_timeout must be positive (seconds)")
         if self.rate_limit <= 0:
@@ -356,6 +394,28 @@ def _convert(name: str, annotation: Any, raw: Any) -> Any:
             raise ValueError(f"PX_{name.upper()} must be a JSON object")
         return value
     return raw
+
+
+def _valid_url(value: str) -> bool:
+    """Whole-string http(s) URL with a host and, when given, a port that parses."""
+    if not _URL.fullmatch(value):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError for "host:99999" or "host:x")
+    except ValueError:
+        return False
+    return bool(parts.hostname)
+
+
+def _statuses(name: str, value: Any) -> frozenset[int]:
+    if isinstance(value, (str, bytes, int)):
+        raise ValueError(f"{name} must be a set of HTTP status codes, not {value!r}")
+    statuses = frozenset(value)
+    for status in statuses:
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+            raise ValueError(f"{name}: {status!r} is not an HTTP status code (100-599)")
+    return statuses
 
 
 def _path_matcher(include: tuple[str, ...], exclude: tuple[str, ...]) -> Callable[[str], bool]:

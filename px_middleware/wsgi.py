@@ -4,16 +4,25 @@
 
 Every decision is the core's (``Exchange``); this module only speaks PEP 3333:
 
-* a response that will not get the snippet is returned exactly as the app made it
-  (same iterable, same ``close()``, ``wsgi.file_wrapper`` kept for sendfile);
+* a response that will not get the snippet nor a session cookie is returned exactly
+  as the app made it (same iterable, same ``close()``, ``wsgi.file_wrapper`` kept);
 * ``identify`` runs inside the app's ``start_response`` call, while frameworks still
   have their request context (Flask pops it after ``wsgi_app`` returns);
-* a streamed body (no ``Content-Length``) gets its headers at once and one yield per
-  chunk the app yields; with ``Content-Length`` the head is held until the injector
-  has decided (at most 64 KiB), so the length can be recomputed;
+* the head is held until the injector has decided where the snippet goes, or that it
+  does not (a fragment, a page with its own loader): headers are rewritten only when
+  the snippet goes in, and ``Content-Length`` can be recomputed;
 * any exception of ours is logged and the original response goes through unchanged:
   until the injector has decided we keep the app's own chunks, so giving up mid-body
   still sends its bytes, byte for byte.
+
+Holding the head, the trade-off. PEP 3333 wants a middleware to yield once for each
+chunk the app yields, but a server refuses even an empty chunk before
+``start_response``'s head is sent, and the head cannot be sent before the decision.
+So while undecided we pull the app's iterator without yielding: for at most the
+injector's limit (64 KiB) of body, usually one chunk (the head of a page comes
+first). A page that streams its head slowly reaches the browser that much later;
+nothing is buffered beyond the limit, and a page that is not HTML, or not GET, is
+never held.
 """
 
 from __future__ import annotations
@@ -24,12 +33,18 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from werkzeug.datastructures import EnvironHeaders
 from werkzeug.wrappers import Request
 from werkzeug.wsgi import ClosingIterator
 
 from px_middleware.config import PXConfig
-from px_middleware.core.exchange import SEEN_KEY, SET_USER_KEY, SKIP_KEY, Counters, Exchange
+from px_middleware.core.exchange import (
+    SEEN_KEY,
+    SET_USER_KEY,
+    SKIP_KEY,
+    Counters,
+    Exchange,
+    Snippets,
+)
 from px_middleware.core.model import as_identity
 from px_middleware.delivery import tracker_for
 
@@ -77,6 +92,7 @@ class PXWsgiMiddleware:
         self.nonce_required = nonce_required and csp_nonce is not None
         self.counters = Counters()
         self.tracker = tracker_for(config, self.counters)
+        self.snippets = Snippets()
         self._path_allowed = config.path_allowed()
 
     def __call__(
@@ -86,25 +102,27 @@ class PXWsgiMiddleware:
             return self.app(environ, start_response)
         environ[SEEN_KEY] = True
         try:
-            headers = EnvironHeaders(environ)
+            header = _header_getter(environ)
             exchange = Exchange(
                 self.config,
                 self.counters,
                 method=environ.get("REQUEST_METHOD", "GET"),
                 path=environ.get("PATH_INFO", ""),
-                header=headers.get,
+                header=header,
                 path_allowed=self._path_allowed,
                 query=environ.get("QUERY_STRING", ""),
                 scheme=environ.get("wsgi.url_scheme", "http"),
-                host=headers.get("host") or environ.get("SERVER_NAME", ""),
+                host=header("host") or environ.get("SERVER_NAME", ""),
                 client=environ.get("REMOTE_ADDR"),
                 tracker=self.tracker,
+                snippets=self.snippets,
             )
         except Exception:
             self._failed("reading the request")
             return self.app(environ, start_response)
         if not exchange.active:
-            log.debug("px_middleware: not injected: %s", exchange.skip_reason)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("px_middleware: not injected: %s", exchange.skip_reason)
             return self.app(environ, start_response)
         response = _Response(self, environ, start_response, exchange)
         return response.wrap(self.app(environ, response.start_response))
@@ -113,11 +131,15 @@ class PXWsgiMiddleware:
         self.counters.incr("errors")
         log.exception("px_middleware: error while %s; response passed through unchanged", where)
 
-    def _plan(self, environ: WSGIEnvironment, exchange: Exchange, status: str,
-              headers: list[tuple[str, str]]) -> bool:
-        """At response start: True when this response gets the snippet."""
+    def _identify_and_begin(self, environ: WSGIEnvironment, exchange: Exchange, status: str,
+                            headers: list[tuple[str, str]]) -> bool:
+        """At response start: identify the visitor and begin the exchange.
+
+        True: the body goes through the exchange (and the head waits for its decision).
+        """
         if environ.get(SKIP_KEY):
-            return exchange.skip("skipped by the app (px_middleware.skip)")
+            exchange.leave("skipped by the app (px_middleware.skip)")
+            return False
         if not exchange.accepts(int(status.split(" ", 1)[0]), headers):
             return False
         # Shallow: the body belongs to the app; an identify that reads it must fail.
@@ -128,7 +150,8 @@ class PXWsgiMiddleware:
             self.counters.incr("identify_errors")
             log.warning("px_middleware: identify() raised %r; page left alone", exc,
                         exc_info=True)
-            return exchange.skip("identify() raised")
+            exchange.leave("identify() raised")
+            return False
         nonce = None
         if self.csp_nonce is not None:
             try:
@@ -136,7 +159,6 @@ class PXWsgiMiddleware:
             except Exception:
                 log.warning("px_middleware: csp_nonce() raised", exc_info=True)
         return exchange.begin(
-            headers,
             identity,
             nonce=nonce,
             nonce_required=self.nonce_required,
@@ -144,8 +166,33 @@ class PXWsgiMiddleware:
         )
 
 
+_ENVIRON_KEYS: dict[str, str] = {}
+
+
+def _environ_key(name: str) -> str:
+    key = _ENVIRON_KEYS.get(name)
+    if key is None:
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        if len(_ENVIRON_KEYS) < 256:  # the core asks for a fixed set of names
+            _ENVIRON_KEYS[name] = key
+    return key
+
+
+def _header_getter(environ: WSGIEnvironment) -> Callable[[str], str | None]:
+    """``header(name)`` on the environ: a few times cheaper than werkzeug's
+    ``EnvironHeaders``, and it runs for every request."""
+
+    def header(name: str) -> str | None:
+        value: str | None = environ.get(_environ_key(name))
+        return value
+
+    return header
+
+
 class _Response:
-    """State of one response being injected; lives only for that request."""
+    """State of one response going through the exchange; lives only for that request."""
 
     def __init__(self, middleware: PXWsgiMiddleware, environ: WSGIEnvironment,
                  start_response: StartResponse, exchange: Exchange) -> None:
@@ -153,7 +200,9 @@ class _Response:
         self.environ = environ
         self.upstream = start_response
         self.exchange = exchange
-        self.injecting: bool | None = None  # None until the app called start_response
+        #: None until the app called start_response; then whether the body goes
+        #: through the exchange (False once we hand it on as is).
+        self.injecting: bool | None = None
         self.status = ""
         self.headers: list[tuple[str, str]] = []
         self.head_sent = False
@@ -174,50 +223,43 @@ class _Response:
             self.head_sent = True
             self.upstream_write = self.upstream(status, headers, exc_info)
             return self.upstream_write
+        self.status, self.headers = status, headers
         try:
-            injecting = self.middleware._plan(self.environ, self.exchange, status, headers)
+            injecting = self.middleware._identify_and_begin(
+                self.environ, self.exchange, status, headers
+            )
         except Exception:
             self.middleware._failed("deciding at response start")
             injecting = False
         self.injecting = injecting
-        self.status, self.headers = status, headers
-        if not injecting:
-            self.head_sent = True
-            if self.exchange.tracked:  # not injected, but the session cookie goes out
-                return self.upstream(status, self.exchange.headers())
-            return self.upstream(status, headers)
-        if not self.exchange.has_content_length:
-            # Streamed: nothing to recompute later, so the head goes out now.
+        if injecting:
+            return self.write  # the head waits for the decision
+        self.head_sent = True
+        if self.exchange.changed:  # not injected, but the session cookie goes out
             try:
-                rewritten = self.exchange.headers()
+                headers = self.exchange.headers()
             except Exception:
-                self.middleware._failed("rewriting headers")
-                self.injecting = False
-                rewritten = headers
-            self._send_head(rewritten)
-        return self.write
+                self.middleware._failed("adding the session cookie")
+        self.upstream_write = self.upstream(status, headers)
+        return self.upstream_write
 
     def write(self, data: bytes) -> None:
         """The legacy ``write()`` path: give up on injection and pass through."""
-        if self.injecting:
-            self.exchange.skip("the app used write()")
-            held = self._give_up()
+        if self.injecting and not self.head_sent:
+            held = self._hand_over("the app used write()")
             if held:
                 self._write(held)
-        elif not self.head_sent:
-            self._send_head(self.headers)
         self._write(data)
 
     def wrap(self, app_iter: Iterable[bytes]) -> Iterable[bytes]:
         file_wrapper = self.environ.get("wsgi.file_wrapper")
         if isinstance(file_wrapper, type) and isinstance(app_iter, file_wrapper):
             if self.injecting:  # keep the server's sendfile path: hands off the body
-                self.exchange.skip("wsgi.file_wrapper body (sent as is)")
-                self._give_up()
+                self._hand_over("wsgi.file_wrapper body (sent as is)")
             self.finish()  # the page view, timed to the response start
             return app_iter
         if self.injecting is False:
-            if self.exchange.tracked:
+            if self.exchange.changed:  # a counted page view: finish() records it
                 return ClosingIterator(app_iter, self.finish)
             return app_iter
         return _Body(self, app_iter)
@@ -232,16 +274,14 @@ class _Response:
     # -- body ---------------------------------------------------------------------
     def feed(self, chunk: bytes) -> bytes | None:
         """What to send for one app chunk; ``None`` while the head is still held."""
-        injector = self.exchange.injector
-        if self.head_sent and injector is not None and injector.decided:
-            return chunk
-        # Until the injector decides, it has sent nothing: keep the app's own bytes.
+        if self.head_sent:
+            return chunk  # decided: the rest passes as is
         self.held.append(chunk)
+        exchange = self.exchange
         try:
-            out = self.exchange.feed(chunk)
-            if injector is None or not injector.decided:
-                # Streamed: an empty yield per chunk (PEP 3333 block boundaries).
-                return b"" if self.head_sent else None
+            out = exchange.feed(chunk)
+            if not exchange.decided:
+                return None  # hold (at most the injector's limit)
             return self._decided(out)
         except Exception:
             self.middleware._failed("injecting")
@@ -249,6 +289,8 @@ class _Response:
 
     def end(self) -> bytes:
         """The app's body is over: what the injector still holds, head sent first."""
+        if self.head_sent:
+            return b""
         try:
             return self._decided(self.exchange.close())
         except Exception:
@@ -256,17 +298,26 @@ class _Response:
             return self._give_up()
 
     def _decided(self, out: bytes) -> bytes:
-        """The injector has decided: the rewritten head goes out before ``out``."""
-        if not self.head_sent:
-            self._send_head(self.exchange.headers())
+        """The exchange has decided: its head goes out before ``out``."""
+        self._send_head(self.exchange.headers())
         self.held = []
         return out
 
-    def _give_up(self) -> bytes:
+    def _hand_over(self, reason: str) -> bytes:
+        """The body goes on as is (``write()``, sendfile): the app's unsent bytes."""
+        try:
+            self.exchange.skip(reason)
+            head = self.exchange.headers()
+        except Exception:
+            self.middleware._failed("handing the body over")
+            head = self.headers
+        return self._give_up(head)
+
+    def _give_up(self, head: list[tuple[str, str]] | None = None) -> bytes:
         """Stop injecting: the app's unsent bytes, unchanged; the rest passes as is."""
         self.injecting = False
         if not self.head_sent:
-            self._send_head(self.headers)
+            self._send_head(self.headers if head is None else head)
         held, self.held = b"".join(self.held), []
         return held
 
@@ -280,7 +331,11 @@ class _Response:
 
 
 class _Body:
-    """The injecting iterable: one output per app chunk, ``close()`` always forwarded."""
+    """The iterable going through the exchange; ``close()`` is always forwarded.
+
+    While the head is held it pulls the app's chunks without yielding (see the module
+    docstring); once decided, one output per app chunk.
+    """
 
     def __init__(self, response: _Response, app_iter: Iterable[bytes]) -> None:
         self._response = response
@@ -292,18 +347,14 @@ class _Body:
             if response.injecting:
                 out = response.feed(chunk)
                 if out is None:
-                    continue  # Content-Length known: hold (<= 64 KiB) to recompute it
+                    continue  # undecided: the head is held, nothing may be yielded yet
                 yield out
             else:
-                if not response.head_sent:
-                    response._send_head(response.headers)
                 yield chunk
         if response.injecting:
             out = response.end()
             if out:
                 yield out
-        elif not response.head_sent and response.status:
-            response._send_head(response.headers)
 
     def close(self) -> None:
         try:

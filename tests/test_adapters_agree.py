@@ -205,24 +205,7 @@ def expected_injected(case: Case) -> tuple[bytes, dict[str, list[str]]]:
     }
 
 
-# Known disagreements, reported to the lead with these cases; strict, so a fix flips them.
-_STREAMED_HEAD = pytest.mark.xfail(
-    strict=True,
-    reason="wsgi.py sends a streamed head before the injector decides and weakens the "
-    "ETag; asgi.py holds the start until it decides and keeps it: they disagree",
-)
-KNOWN = {
-    "fragment streamed": _STREAMED_HEAD,
-    "already has loader streamed": _STREAMED_HEAD,
-    "fragment identified streamed": _STREAMED_HEAD,
-}
-
-
-@pytest.mark.parametrize(
-    "case",
-    [pytest.param(c, id=name, marks=[KNOWN[name]] if name in KNOWN else []) for name, c in
-     CASES.items()],
-)
+@pytest.mark.parametrize("case", [pytest.param(c, id=name) for name, c in CASES.items()])
 def test_both_adapters_agree(case: Case) -> None:
     wsgi, asgi = run_wsgi(case, wrapped=True), run_asgi(case, wrapped=True)
     assert (wsgi.status, wsgi.body, wsgi.relevant()) == (asgi.status, asgi.body, asgi.relevant())

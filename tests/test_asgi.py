@@ -339,3 +339,56 @@ async def test_html_fragment_for_an_anonymous_visitor_is_byte_identical() -> Non
     bare = await capture(make_app(px=False), "GET", "/fragment")
     wrapped = await capture(make_app(), "GET", "/fragment")
     assert wrapped == bare
+
+
+# -- where identify and csp_nonce run -------------------------------------------------------------
+async def page_only(scope: Any, receive: Any, send: Any) -> None:
+    await HTMLResponse(PAGE.format(filler="x"))(scope, receive, send)
+
+
+async def test_a_sync_identify_and_csp_nonce_run_off_the_event_loop_thread() -> None:
+    import threading
+
+    loop_thread = threading.get_ident()
+    seen: dict[str, int] = {}
+
+    def sync_identify(request: Request) -> User:
+        seen["identify"] = threading.get_ident()
+        return User("alice")
+
+    def sync_nonce(request: Request) -> str:
+        seen["nonce"] = threading.get_ident()
+        return "n0nce"
+
+    app = PXAsgiMiddleware(page_only, CONFIG, identify=sync_identify, csp_nonce=sync_nonce)
+    async with client(app) as c:
+        response = await c.get("/")
+    assert px_calls(response.text)[0][1]["id"] == "alice" and 'nonce="n0nce"' in response.text
+    assert set(seen) == {"identify", "nonce"}
+    assert loop_thread not in seen.values()  # a blocking lookup never stalls the loop
+
+
+async def test_an_async_identify_is_awaited_on_the_event_loop() -> None:
+    import functools
+    import threading
+
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+
+    async def async_identify(request: Request, user_id: str) -> User:
+        seen.append(threading.get_ident())
+        await asyncio.sleep(0)  # a real await: this is a coroutine, run on the loop
+        return User(user_id)
+
+    class Finder:
+        async def __call__(self, request: Request) -> User:
+            seen.append(threading.get_ident())
+            return User("bob")
+
+    for hook, user in ((functools.partial(async_identify, user_id="alice"), "alice"),
+                       (Finder(), "bob")):
+        app = PXAsgiMiddleware(page_only, CONFIG, identify=hook)
+        async with client(app) as c:
+            response = await c.get("/")
+        assert px_calls(response.text)[0][1]["id"] == user
+    assert seen == [loop_thread, loop_thread]

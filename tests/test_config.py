@@ -131,6 +131,56 @@ def test_events_need_an_api_key() -> None:
     assert not PXConfig(KEY, api_key="a", track_events=False).events_enabled
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"trusted_proxies": ("10.0.0.0/33",)},
+         r"trusted_proxies: '10.0.0.0/33' is not an IP address or CIDR network"),
+        ({"trusted_proxies": ("10.0.0.300",)}, r"'10.0.0.300' is not an IP address or CIDR"),
+        ({"trusted_proxies": ("proxy.internal",)}, r"'proxy.internal' is not an IP address"),
+        ({"trusted_proxies": ("fe80::/129",)}, r"'fe80::/129' is not an IP address"),
+        ({"trusted_proxies": (" 10.0.0.1",)}, r"without surrounding spaces"),
+        ({"api_url": "https://api.example.com:99999/v1"}, r"api_url .* absolute http\(s\) URL"),
+        ({"sdk_url": "https://cdn.example.com:x/sdk.js"}, r"sdk_url .* absolute http\(s\) URL"),
+        ({"include_paths": ("app/*",)},
+         r"include_paths: 'app/\*' can never match a request path.*did you mean '/app/\*'"),
+        ({"exclude_paths": ("",)}, r"exclude_paths: '' must be a non-empty string"),
+        ({"redact_query_keys": ("token", "")}, r"redact_query_keys: '' must be a non-empty"),
+        ({"redact_query_keys": (None,)}, r"redact_query_keys: None must be a non-empty"),
+        ({"cookie_name": "px session"}, r"cookie_name 'px session' is not a valid cookie name"),
+        ({"cookie_name": "px;x"}, r"is not a valid cookie name"),
+        ({"page_view_event": " "}, r"page_view_event must be a non-empty string"),
+        ({"page_view_statuses": frozenset({200, 1000})},
+         r"page_view_statuses: 1000 is not an HTTP status code"),
+        ({"inject_statuses": 200}, r"inject_statuses must be a set of HTTP status codes"),
+        ({"inject_statuses": frozenset({True})}, r"inject_statuses: True is not an HTTP status"),
+    ],
+)
+def test_every_cidr_url_pattern_and_name_is_checked_at_start_up(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        PXConfig(KEY, **kwargs)
+
+
+def test_valid_networks_patterns_and_statuses_are_kept() -> None:
+    config = PXConfig(
+        KEY,
+        trusted_proxies=("10.0.0.1", "10.0.0.0/8", "::1", "2001:db8::/32", "10.1.2.3/8"),
+        include_paths=("/app/*", "*.html", "[ab]*"),
+        page_view_statuses=frozenset({200, 203}),
+        api_url="http://127.0.0.1:8787/v1",
+    )
+    assert config.trusted_proxies[-1] == "10.1.2.3/8"  # host bits allowed, as before
+    assert config.page_view_statuses == frozenset({200, 203})
+    assert PXConfig(KEY).page_view_statuses == frozenset(range(200, 300))
+
+
+def test_page_view_statuses_from_the_environment() -> None:
+    config = PXConfig.from_env({"PX_PRODUCT_KEY": KEY, "PX_PAGE_VIEW_STATUSES": "200, 203"})
+    assert config.page_view_statuses == frozenset({200, 203})
+
+
 # -- paths --------------------------------------------------------------------------------------
 
 def test_path_globs_excludes_win_over_includes() -> None:

@@ -44,7 +44,7 @@ def injected(headers: list[tuple[str, str]], identity: Identity | None = ADA,
     """Run one page through; the body, or None when the exchange declined."""
     exchange, counters = make()
     assert exchange.accepts(200, headers)
-    if not exchange.begin(headers, identity, **begin):
+    if not exchange.begin(identity, **begin):
         return exchange, counters, None
     return exchange, counters, serve(exchange, [PAGE])
 
@@ -192,7 +192,7 @@ def test_set_user_values_are_coerced_and_bad_ones_dropped() -> None:
 def test_user_hash_that_cannot_be_computed_means_skip() -> None:
     exchange, _ = make(PXConfig(KEY, hmac_secret="s", hash_field="email"))
     assert exchange.accepts(200, [HTML])
-    assert not exchange.begin([HTML], Identity(User(id="u-1")))
+    assert not exchange.begin(Identity(User(id="u-1")))
     assert exchange.skip_reason == (
         "snippet not rendered: cannot compute userHash: user has no 'email'"
     )
@@ -204,8 +204,8 @@ def test_identified_page_with_content_length() -> None:
     headers = [HTML, ("Content-Length", str(len(PAGE))), ("ETag", '"v1"')]
     exchange, counters = make()
     assert exchange.accepts(200, headers)
-    assert exchange.begin(headers, ADA)
-    with pytest.raises(RuntimeError, match="Content-Length is known only once"):
+    assert exchange.begin(ADA)
+    with pytest.raises(RuntimeError, match="the head is known only once the injector decided"):
         exchange.headers()  # undecided: the length is not known yet
     body = serve(exchange, [PAGE[:10], PAGE[10:]])
     snippet = script_of(body)
@@ -233,7 +233,7 @@ def test_public_page_with_identity_is_skipped() -> None:
 def test_inject_anonymous_false() -> None:
     exchange, _ = make(PXConfig(KEY, inject_anonymous=False))
     assert exchange.accepts(200, [HTML])
-    assert not exchange.begin([HTML], None)
+    assert not exchange.begin(None)
     assert exchange.skip_reason == "anonymous visitor and inject_anonymous=False"
 
 
@@ -256,7 +256,7 @@ def test_a_fragment_is_passed_through_and_counted_as_skipped() -> None:
     headers = [HTML, ("Content-Length", str(len(fragment))), ("ETag", '"v1"')]
     exchange, counters = make()
     assert exchange.accepts(200, headers)
-    assert exchange.begin(headers, None)
+    assert exchange.begin(None)
     assert serve(exchange, [fragment]) == fragment
     assert exchange.headers() == headers
     assert counters.snapshot() == {"skipped": 1}
@@ -268,7 +268,7 @@ def test_identified_fragment_with_content_length_keeps_the_apps_head() -> None:
     headers = [HTML, ("Content-Length", str(len(fragment))), ("ETag", '"v1"')]
     exchange, _ = make()
     assert exchange.accepts(200, headers)
-    assert exchange.begin(headers, ADA)
+    assert exchange.begin(ADA)
     assert serve(exchange, [fragment]) == fragment
     # The body is the app's, byte for byte, and the length is known: nothing to change.
     assert exchange.headers() == headers

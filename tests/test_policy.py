@@ -28,7 +28,7 @@ def request_reason(
     config: PXConfig | None = None,
 ) -> str | None:
     allowed = (config or PXConfig("AP-TESTKEY12345-2")).path_allowed()
-    return request_skip_reason(method, path, headers_getter(headers or {}), allowed)
+    return request_skip_reason(method, path, headers_getter(headers or {}), allowed(path))
 
 
 # -- request -----------------------------------------------------------------------------

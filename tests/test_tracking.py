@@ -8,8 +8,9 @@ headers, and ``capture`` appends to a list (what the delivery layer receives). T
 from __future__ import annotations
 
 import datetime as dt
-import uuid
+import re
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
@@ -73,7 +74,7 @@ class Browser:
         response_headers = response_headers or list(HTML)
         body = PAGE
         if exchange.active and exchange.accepts(200, response_headers):
-            if exchange.begin(response_headers, identity):
+            if exchange.begin(identity):
                 body = exchange.feed(PAGE) + exchange.close()
             response_headers = exchange.headers()
             exchange.finish()
@@ -127,7 +128,8 @@ def test_first_page_starts_a_session_and_upserts(clock: Clock, sent: list[Any]) 
     assert names(sent) == ["session_start", "page_view"]
     start, view = events(sent)
     assert start["sessionId"] == view["sessionId"]
-    uuid.UUID(start["eventId"])
+    # A per-process random prefix and a counter (events.py): unique, and cheap.
+    assert re.fullmatch(r"[0-9a-f]{20}-[0-9]+", start["eventId"])
     assert start["eventId"] != view["eventId"]
     assert view["identifyId"] == "u-1" and view["userType"] == "USER"
     assert view["accountId"] == "acme" and view["propertyKey"] == KEY
@@ -183,15 +185,30 @@ def test_logout_rotates_the_session_and_resets_once(clock: Clock, sent: list[Any
     visitor_cookie_before = browser.cookie
     sent.clear()
     body, _ = browser.get(None)
-    assert names(sent) == ["session_end", "session_start", "page_view"]
-    end, start, view = events(sent)
-    assert end["identifyId"] == "u-1" and end["attributes"]["reason"] == "user_change"
+    # The cookie names the user by digest only, so the ended session cannot be given
+    # the identifyId PX needs: it is counted, not sent under a wrong id.
+    assert names(sent) == ["session_start", "page_view"]
+    assert browser.tracker.counters.snapshot()["session_end_unattributed"] == 1
+    start, view = events(sent)
     assert start["userType"] == "VISITOR" and start["identifyId"] == view["identifyId"]
     assert body.count(b'aptrinsic("reset")') == 1
     assert b'"identify"' not in body
     body, _ = browser.get(None)
     assert b"reset" not in body
     assert browser.cookie != visitor_cookie_before
+
+
+def test_an_anonymous_session_that_ends_at_login_is_sent(clock: Clock, sent: list[Any]) -> None:
+    browser, _ = make(clock, sent)
+    browser.get(None)
+    visitor = events(sent)[0]["identifyId"]
+    sent.clear()
+    browser.get(ALICE)
+    assert names(sent) == ["session_end", "session_start", "page_view"]
+    end = events(sent)[0]
+    assert (end["identifyId"], end["userType"]) == (visitor, "VISITOR")
+    assert "accountId" not in end  # the ended session was nobody's account
+    assert end["attributes"]["reason"] == "user_change"
 
 
 def test_switching_user_resets_before_identify(clock: Clock, sent: list[Any]) -> None:
@@ -267,13 +284,126 @@ def test_filter_query_keeps_order_and_redacts_case_insensitively() -> None:
 
 
 def test_advance_rules() -> None:
-    first = advance(None, now=0.0, user_id=None, timeout=1800).state
-    same = advance(first, now=1800.0, user_id=None, timeout=1800)
+    first = advance(None, now=0.0, user_id=None, user_key=None, timeout=1800).state
+    same = advance(first, now=1800.0, user_id=None, user_key=None, timeout=1800)
     assert not same.started and same.state.pages == 2
-    later = advance(same.state, now=3600.5, user_id=None, timeout=1800)
+    later = advance(same.state, now=3600.5, user_id=None, user_key=None, timeout=1800)
     assert later.started and later.end_reason == "timeout"
     assert later.state.visitor_id == first.visitor_id
-    login = advance(later.state, now=3601.0, user_id="u", timeout=1800)
+    login = advance(later.state, now=3601.0, user_id="u", user_key="k", timeout=1800)
     assert login.end_reason == "user_change" and not login.state.reset_pending
-    logout = advance(login.state, now=3602.0, user_id=None, timeout=1800)
+    cookie = SessionCookie("secret")
+    stored = cookie.load(cookie.dump(login.state))  # what the next request reads
+    assert stored is not None and stored.user_id is None and stored.user_key == "k"
+    logout = advance(stored, now=3602.0, user_id=None, user_key=None, timeout=1800)
     assert logout.state.reset_pending
+    assert logout.ended is not None and logout.ended.user_id is None  # not named
+    again = advance(stored, now=9000.0, user_id="u", user_key="k", timeout=1800)
+    assert again.ended is not None and again.ended.user_id == "u"  # same user: named
+
+
+def test_the_cookie_stays_small_and_keeps_the_session_for_a_10000_character_id(
+    clock: Clock, sent: list[Any]
+) -> None:
+    browser, _ = make(clock, sent)
+    long_id = "u" * 9_990 + "-".join("0123456789")[:10]
+    user = Identity(User(long_id, email="long@acme.test"), Account("acme"))
+    _, headers = browser.get(user)
+    cookie = next(v for n, v in headers if n == "Set-Cookie")
+    assert len(cookie.encode()) < 1024
+    assert long_id not in cookie
+    clock.advance(1)
+    browser.get(user, "/two")
+    assert names(sent) == ["session_start", "page_view", "page_view"]  # same session
+    assert {e["identifyId"] for e in events(sent)} == {long_id}  # from the identity
+    other = Identity(User(long_id[:-1] + "x"), Account("acme"))
+    browser.get(other, "/three")  # a different user whose id differs in one character
+    assert names(sent)[-2:] == ["session_start", "page_view"]
+    assert events(sent)[-1]["identifyId"] == long_id[:-1] + "x"
+
+
+def test_a_cookie_in_the_older_layout_is_a_new_visitor(clock: Clock, sent: list[Any]) -> None:
+    import base64
+    import json
+
+    from itsdangerous import TimestampSigner
+
+    browser, config = make(clock, sent)
+    # The layout before the user id became a digest: itsdangerous-signed, eight
+    # fields with the raw id in them.
+    old = [str(uuid4()), str(uuid4()), clock.now - 60, clock.now - 60, 3, "u-1", None, 0]
+    payload = base64.urlsafe_b64encode(json.dumps(old).encode()).rstrip(b"=")
+    signer = TimestampSigner(config.session_signing_secret or "", salt="px_middleware.session")
+    browser.cookie = signer.sign(payload).decode()
+    body, _ = browser.get(ALICE)
+    assert b'"identify"' in body
+    assert names(sent) == ["session_start", "page_view"]  # a new visitor, no crash
+
+
+def test_a_bad_attribute_is_counted_once_for_snippet_and_upsert(
+    clock: Clock, sent: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    browser, _ = make(clock, sent)
+    identity = Identity(User("u-1", custom={"tags": ["a", "b"], "seats": 3}), Account("acme"))
+    with caplog.at_level("WARNING", logger="px_middleware"):
+        body, _ = browser.get(identity)
+    assert b'"seats":3' in body and b'"tags"' not in body
+    user = next(b for kind, b in sent if kind == "user")
+    assert user["customAttributes"] == {"seats": 3}  # dropped from the upsert too
+    assert browser.tracker.counters.snapshot()["attributes_dropped"] == 1
+    assert [r.getMessage() for r in caplog.records if "tags" in r.getMessage()] == [
+        "px_middleware: attribute 'tags' dropped: "
+        "attribute 'tags': list is not a PX type (use str, int, float, bool, Decimal, "
+        "date/datetime, Enum or None)"
+    ]
+
+
+def test_cached_snippets_tell_equal_values_of_different_types_apart(
+    clock: Clock, sent: list[Any]
+) -> None:
+    """1, 1.0 and True are equal (and hash alike) in Python, but not in JSON."""
+    browser, _ = make(clock, sent)
+    bodies = [browser.get(Identity(User("u-1", custom={"flag": value})))[0]
+              for value in (1, True, 1.0, 1)]
+    flags = [re.search(rb'"flag":([^,}]*)', body) for body in bodies]
+    assert [m.group(1) if m else None for m in flags] == [b"1", b"true", b"1.0", b"1"]
+
+
+def test_event_ids_are_unique_and_a_forked_child_gets_a_new_prefix() -> None:
+    import os
+
+    from px_middleware.core.events import event_ids
+
+    first, second = event_ids.next(), event_ids.next()
+    assert first != second and first.rsplit("-", 1)[0] == second.rsplit("-", 1)[0]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its first id, then leave without cleanup
+        os.close(read)
+        os.write(write, event_ids.next().encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    assert child and child.rsplit("-", 1)[0] != first.rsplit("-", 1)[0]
+    assert child not in (first, second, event_ids.next())
+
+
+def test_a_cookie_idle_for_more_than_a_year_is_a_new_visitor() -> None:
+    cookie = SessionCookie("secret")
+    state = SessionState("v-1", "s-1", 1_000.0, 1_000.0, 3, None)
+    value = cookie.dump(state)
+    assert cookie.load(value, now=1_000.0 + 364 * 86_400) == state
+    assert cookie.load(value, now=1_000.0 + 366 * 86_400) is None
+    assert cookie.load(value[:-1] + ("A" if value[-1] != "A" else "B"), now=1_000.0) is None
+
+
+def test_a_cookie_from_another_process_is_verified_and_read_alike() -> None:
+    """Values this process issued are remembered; another worker checks the MAC."""
+    mine, other = SessionCookie("secret"), SessionCookie("secret")
+    state = SessionState("v-1", "s-1", 1_000.0, 1_060.0, 2, "k" * 32, "d" * 16, True, "u-1")
+    value = mine.dump(state)
+    read_here, read_there = mine.load(value, now=1_100.0), other.load(value, now=1_100.0)
+    assert read_here == read_there == state._replace(user_id=None)  # the id is never stored
+    assert SessionCookie("another secret").load(value, now=1_100.0) is None

@@ -277,31 +277,49 @@ def test_iterable_is_returned_before_the_app_runs() -> None:
     assert list(result) and events == ["started", "chunk 0"]
 
 
-def test_streamed_body_yields_once_per_app_chunk_in_step_with_the_app() -> None:
+def test_streamed_body_is_pulled_until_decided_then_yields_in_step_with_the_app() -> None:
     chunks = [b"<!doctype html><html><head>", b"<title>T</title>", b"</head><body>",
               b"<p>one</p>", b"<p>two</p>", b"</body></html>"]
     events: list[str] = []
+    heads = Heads()
     middleware = wrap(lazy_app(chunks, events))
-    result = middleware(create_environ("/"), Heads())
+    result = middleware(create_environ("/"), heads)
     iterator = iter(result)
-    outputs = []
-    for index in range(len(chunks)):
+    # The head is held until the injector decides (at "</head>", in chunk 2): those
+    # chunks are pulled without a yield, since a server refuses a body chunk (even an
+    # empty one) before the head.
+    first = next(iterator)
+    assert events[-1] == "chunk 2" and heads == [[("Content-Type", HTML),
+                                                  ("Cache-Control", "private")]]
+    assert len(snippets(first)) == 1 and SNIPPET.sub(b"", first) == b"".join(chunks[:3])
+    outputs = [first]
+    for index in range(3, len(chunks)):
         outputs.append(next(iterator))
         assert events[-1] == f"chunk {index}"  # one app chunk per item: nothing read ahead
     assert next(iterator, None) is None
-    # Undecided chunks give empty items (PEP 3333 block boundaries), then all at once.
-    assert outputs[:2] == [b"", b""]
-    assert len(snippets(outputs[2])) == 1
-    assert outputs[3:] == chunks[3:]
-    assert SNIPPET.sub(b"", b"".join(outputs)) == b"".join(chunks)
+    assert outputs[1:] == chunks[3:]
 
 
-def test_streamed_page_sends_its_head_at_once_without_content_length() -> None:
+def test_streamed_page_sends_its_head_only_once_decided() -> None:
     heads = Heads()
     app, _ = page_app([PAGE], length=False)
     result = wrap(app)(create_environ("/"), heads)
+    assert heads == []  # nothing is sent before the injector has seen the page
+    body = b"".join(result)
     assert heads == [[("Content-Type", HTML), ("Cache-Control", "private")]]
-    assert len(snippets(b"".join(result))) == 1
+    assert len(snippets(body)) == 1
+
+
+@pytest.mark.parametrize("chunks", [[b"<div><p>a fragment</p></div>"],
+                                    [b"<html><head><script>aptrinsic=1</script></head>"]],
+                         ids=["fragment", "has-loader"])
+def test_a_streamed_response_without_the_snippet_keeps_its_head(chunks: list[bytes]) -> None:
+    """No snippet, so no rewritten head either: the ETag stays strong, no private."""
+    heads = Heads()
+    app, _ = page_app(chunks, length=False, extra=[("ETag", '"v1"')])
+    body = b"".join(wrap(app)(create_environ("/"), heads))
+    assert body == b"".join(chunks)
+    assert heads == [[("Content-Type", HTML), ("ETag", '"v1"')]]
 
 
 @pytest.mark.parametrize("length", [True, False], ids=["content-length", "streamed"])
@@ -580,9 +598,8 @@ def test_our_errors_pass_the_response_through_byte_for_byte(
     original = [("Content-Type", HTML)]
     if length:
         original.append(("Content-Length", str(len(served.body))))
-    # Streamed heads go out before the body; a late failure keeps the rewritten head.
-    late = not length and target[1] in ("feed", "close")
-    assert served.headers == ([*original, ("Cache-Control", "private")] if late else original)
+    # The head is held until decided, streamed or not: a failure sends the app's own.
+    assert served.headers == original
     assert len(caplog.records) == 1 and middleware.counters.snapshot()["errors"] == 1
     assert bodies[0].closed == 1
 

@@ -251,3 +251,49 @@ def test_streamed_page_arrives_chunk_by_chunk_with_the_snippet_first(
     assert response.body.endswith(b"<p>third</p></body></html>\n")
     assert response.header("content-length") is None
     assert response.header("cache-control") == "private"
+
+
+def wait_for_file(path: Path, deadline: float = 30.0) -> None:
+    """Poll for a file the app creates (a condition with a deadline, never a sleep)."""
+    import time
+
+    end = time.monotonic() + deadline
+    while not path.exists():
+        assert time.monotonic() < end, f"{path.name} never appeared"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("kind", ["page", "fragment"])
+def test_a_slow_streamed_head_is_held_until_the_injector_decides(
+    pair: tuple[Server, Server], gate_dir: Path, request: pytest.FixtureRequest, kind: str
+) -> None:
+    _, wrapped = pair
+    tag = f"slow-{request.node.callspec.id}"
+    with Gate(gate_dir, tag) as gate, socket.create_connection((HOST, wrapped.port),
+                                                               timeout=30) as sock:
+        sock.sendall(servers.request_bytes(f"/slowhead?gate={tag}&kind={kind}",
+                                           headers=ALICE))
+        wait_for_file(gate_dir / f"{tag}.reached")
+        # The app yielded its first chunk and is blocked: it did not decide anything,
+        # so not even the head may be on the wire yet.
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(65536)
+        sock.setblocking(True)
+        gate.release()
+        received = bytearray()
+        while data := sock.recv(65536):
+            received += data
+    response = servers.parse_response(bytes(received))
+    first, rest = wsgi_apps.SLOW[kind]
+    if kind == "page":
+        at = len(b"<!doctype html><html><head>")
+        snippet = SNIPPET.search(response.body)
+        assert snippet is not None and snippet.start() == at
+        assert without_snippet(response.body) == first + b"".join(rest)
+        assert response.header("cache-control") == "private"
+        assert response.header("etag") == 'W/"v1"'
+    else:  # a fragment: the app's own head and body, untouched
+        assert response.body == first + b"".join(rest)
+        assert response.header("cache-control") is None
+        assert response.header("etag") == '"v1"'

@@ -18,6 +18,9 @@ class Counters:
 
     def incr(self, name: str, amount: int = 1) -> None:
         counter = self._counts.get(name) or self._counts.setdefault(name, itertools.count(1))
+        if amount == 1:
+            next(counter)
+            return
         for _ in range(amount):
             next(counter)
 

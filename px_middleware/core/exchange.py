@@ -1,40 +1,65 @@
 """One request/response pair as the middleware sees it, with no I/O.
 
-Both adapters drive an ``Exchange`` the same way, so every decision is made once,
-here, and the WSGI and ASGI sides cannot drift apart:
+``Exchange`` makes every decision for one response: inject or not, count a page view
+or not, which session move, which events and upserts, which cookie. Both drivers (and
+any other, such as Django's) drive it the same way, so they cannot drift apart:
 
-1. ``Exchange(...)`` with the request facts; ``skip_reason`` says if it is not a page.
-2. ``accepts(status, headers)`` at response start: status, media type, encoding.
-3. ``begin(headers, identity, ...)`` once the adapter resolved who is on the page;
-   it returns whether the body goes through the injector.
-4. ``headers()`` for the response head to send (rewritten, with the session cookie).
-5. ``feed(chunk)`` / ``close()`` for the body when injecting.
-6. ``finish()`` when the response is over: the page view, with its duration.
+1. ``Exchange(config, counters, method=..., path=..., header=..., path_allowed=...,
+   query=..., scheme=..., host=..., client=..., tracker=..., snippets=...)`` with the
+   request facts; ``tracker`` (``delivery.tracker_for``), ``snippets`` (``Snippets()``)
+   and ``counters`` are made once per middleware. ``active`` False: nothing to do,
+   pass the response through untouched (``skip_reason``/``track_reason`` say why).
+2. ``accepts(status, headers)`` at response start: False means pass through untouched.
+3. ``begin(identity, nonce=..., nonce_required=..., set_user=...)`` once the driver
+   knows who is on the page. True: the body goes through ``feed``/``close``; False:
+   the decision is made, and the head is ``headers()``, the body the app's own.
+4. ``feed(chunk)`` for each body chunk, ``close()`` at its end: the bytes to send now
+   (``b""`` while undecided). Hold the head until ``decided`` is True; that takes at
+   most the injector's limit (64 KiB) of body, or the end of the body.
+5. ``headers()`` once ``decided``: the head to send. It is the app's own list, the
+   same object, when ``changed`` is False.
+6. ``finish()`` when the response is over (or abandoned): the page view, timed.
+
+``leave(reason)`` before ``begin`` means: nothing for this response (the app said
+skip, ``identify`` raised). ``skip(reason)`` after ``begin`` means the driver hands
+the body on as is (``write()``, sendfile); after it, call nothing but ``headers()``
+(when not sent yet) and ``finish()``.
+Events go to the ``capture`` callable of the ``Tracker`` the driver wires in.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from px_middleware.config import PXConfig
 from px_middleware.core import csp
 from px_middleware.core.counters import Counters
+from px_middleware.core.events import (
+    client_ip,
+    custom_event,
+    filter_referrer,
+    page_url,
+    upsert_bodies,
+)
 from px_middleware.core.injector import Injector
-from px_middleware.core.model import Identity, coerce
+from px_middleware.core.model import Identity, PXValue, coerce
 from px_middleware.core.policy import (
-    public_cache_reason,
+    ResponseHead,
+    navigation_reason,
     request_skip_reason,
     response_skip_reason,
     rewrite_headers,
 )
-from px_middleware.core.request import HeaderGetter, RequestInfo
+from px_middleware.core.request import HeaderGetter, cookie_value
+from px_middleware.core.session import SessionState, Transition, advance, reset_shown
 from px_middleware.core.snippet import render
-from px_middleware.core.tracking import Tracker, Visit
+from px_middleware.core.tracking import Tracker
 
-__all__ = ["SEEN_KEY", "SET_USER_KEY", "SKIP_KEY", "Counters", "Exchange"]
+__all__ = ["SEEN_KEY", "SET_USER_KEY", "SKIP_KEY", "Counters", "Exchange", "Snippets"]
 
 log = logging.getLogger("px_middleware")
 
@@ -45,8 +70,67 @@ SKIP_KEY = "px_middleware.skip"
 #: Environ/scope key holding attributes queued by ``set_user`` for this response.
 SET_USER_KEY = "px_middleware.set_user"
 
+#: A hashable, type-exact key for coerced attributes (``1``, ``1.0`` and ``True`` are
+#: equal in Python but three different JSON values).
+_Key = tuple[Any, ...]
+_V = TypeVar("_V")
+
+
+def _key(attributes: Mapping[str, PXValue] | None) -> _Key:
+    if not attributes:
+        return ()
+    return tuple((name, value, type(value)) for name, value in attributes.items())
+
+
+def _ignore(name: str, exc: Exception) -> None:
+    """For a second coercion of attributes whose errors were counted already."""
+
+
+class Snippets:
+    """Per middleware: rendered snippets and upsert digests by identity value.
+
+    The same user's identify call (with its HMAC) does not change between requests,
+    so it is rendered once. Bounded, least recently used out first.
+    """
+
+    def __init__(self, size: int = 512) -> None:
+        self._size = size
+        self._snippets: dict[_Key, bytes] = {}
+        self._digests: dict[_Key, str] = {}
+
+    def snippet(self, key: _Key, build: Callable[[], bytes]) -> bytes:
+        return self._get(self._snippets, key, build)
+
+    def digest(self, key: _Key) -> str:
+        return self._get(self._digests, key, lambda: _digest(key))
+
+    def _get(self, cache: dict[_Key, _V], key: _Key, build: Callable[[], _V]) -> _V:
+        value = cache.pop(key, None)
+        if value is None:
+            value = build()
+            if len(cache) >= self._size:
+                # StopIteration, RuntimeError: emptied or resized by another thread.
+                with contextlib.suppress(StopIteration, RuntimeError):
+                    cache.pop(next(iter(cache)), None)
+        cache[key] = value  # (re)inserted last: the most recently used
+        return value
+
+
+def _digest(key: _Key) -> str:
+    """A short fingerprint of the attributes last upserted; stored in the cookie."""
+    return hashlib.sha256(repr(key).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 class Exchange:
-    """Per-request state for one response; adapters keep one per request, in a local."""
+    """Per-request state for one response; drivers keep one per request, in a local."""
+
+    __slots__ = (
+        "_account", "_client", "_config", "_cookie", "_counters", "_head", "_header",
+        "_headers", "_host", "_identity", "_ikey", "_method", "_move", "_path",
+        "_path_allowed", "_query", "_request_reason", "_scheme", "_snippet", "_snippets",
+        "_started", "_state", "_status", "_track_checks", "_tracker", "_user", "injector",
+        "skip_reason", "track_reason",
+    )
 
     def __init__(
         self,
@@ -62,182 +146,397 @@ class Exchange:
         host: str = "",
         client: str | None = None,
         tracker: Tracker | None = None,
+        snippets: Snippets | None = None,
     ) -> None:
         self._config = config
         self._counters = counters
-        self._request = RequestInfo(method, path, header, query, scheme, host, client)
+        self._method = method
+        self._path = path
+        self._header = header
+        self._query = query
+        self._scheme = scheme
+        self._host = host
+        self._client = client
         self._tracker = tracker
-        self._identified = False
-        self._snippet_length = 0
+        self._snippets = snippets
         self._status = 0
-        self._visit: Visit | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._head: ResponseHead | None = None
+        self._identity: Identity | None = None
+        #: The identity's attributes, coerced once in ``begin`` (snippet and upsert).
+        self._user: dict[str, PXValue] | None = None
+        self._account: dict[str, PXValue] | None = None
+        self._ikey: _Key | None = None
+        self._snippet = b""
+        #: The session move of a response that may be a page view, until it is settled.
+        self._move: Transition | None = None
+        #: The session after a counted page view (set once the response is settled).
+        self._state: SessionState | None = None
         self._cookie: str | None = None
+        self._started = 0.0
+        #: The injector the body goes through: ours with the snippet, or an empty one
+        #: that only tells a document from a fragment (for the page-view decision).
         self.injector: Injector | None = None
-        self._response_headers: list[tuple[str, str]] = []
-        allowed = path_allowed(path)
-        reason = request_skip_reason(method, path, header, lambda _: allowed)
+        allowed = self._path_allowed = path_allowed(path)
+        reason = self._request_reason = request_skip_reason(method, path, header, allowed)
         self.skip_reason: str | None = (
             "injection disabled (inject=False)" if not config.inject else reason
         )
         self.track_reason: str | None = "tracking off"
+        #: Whether the request-side tracking checks still wait for ``accepts``: they
+        #: are left until the response is known to qualify (most are not pages).
+        self._track_checks = False
         if tracker is not None:
-            self.track_reason = tracker.request_skip_reason(self._request, allowed, reason)
             self._started = tracker.clock()
+            if self.skip_reason is None:
+                self.track_reason, self._track_checks = None, True
+            else:  # needed now: it decides whether this exchange is active at all
+                self.track_reason = self._request_track_reason(allowed, reason)
 
+    # -- the public sequence ---------------------------------------------------------
     @property
     def active(self) -> bool:
         """False: nothing to do for this request, pass it through untouched."""
         return self.skip_reason is None or self.track_reason is None
 
-    def skip(self, reason: str) -> bool:
-        """Record why this response gets no snippet; always False."""
-        self.skip_reason = reason
-        self._counters.incr("skipped")
-        log.debug("px_middleware: not injected: %s", reason)
-        return False
-
     def accepts(self, status: int, headers: list[tuple[str, str]]) -> bool:
         """At response start: is there anything to do (inject or track)?"""
         self._status = status
-        self._response_headers = headers
+        self._headers = headers
+        head = self._head = ResponseHead(headers)
         if self.skip_reason is None:
-            reason = response_skip_reason(status, headers, self._config.inject_statuses)
+            reason = response_skip_reason(status, head, self._config.inject_statuses)
             if reason is not None:
                 self.skip(reason)
-        if self._tracker is not None and self.track_reason is None:
-            self.track_reason = self._tracker.response_skip_reason(status, headers)
+        if self.track_reason is None:
+            reason = self._response_track_reason(status, head)
+            if reason is None and self._track_checks:
+                reason = self._request_track_reason(self._path_allowed, self._request_reason)
+            self.track_reason = reason
         return self.active
 
     def begin(
         self,
-        headers: list[tuple[str, str]],
         identity: Identity | None,
         *,
         nonce: str | None = None,
         nonce_required: bool = False,
         set_user: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Track this response and render its snippet. True: inject into the body."""
-        self._response_headers = headers
-        self._identified = identity is not None
-        state = None
-        if self._tracker is not None and self.track_reason is None:
-            self._visit = self._tracker.visit(self._request, identity, self._tracker.clock())
-            state = self._visit.state
-        reset = state is not None and state.reset_pending
-        injecting = self.skip_reason is None and self._prepare(
-            headers, identity, nonce, nonce_required, set_user, reset
-        )
-        if self._visit is not None and state is not None:
-            if injecting and reset:
-                state = dataclasses.replace(state, reset_pending=False)
-            assert self._tracker is not None
-            self._cookie = self._tracker.cookie_header(state, self._request.scheme == "https")
-        return injecting
+        """Decide this response. True: its body goes through ``feed``/``close``."""
+        head = self._head
+        assert head is not None, "accepts() first"
+        self._identity = identity
+        tracker = self._tracker
+        if identity is not None:
+            # Coerced once, for the snippet and the upsert: a bad value is counted once.
+            self._user = identity.user.attributes(self._attribute_error)
+            if identity.account is not None:
+                self._account = identity.account.attributes(self._attribute_error)
+        if self.track_reason is None:
+            assert tracker is not None
+            previous = tracker.cookie.load(
+                cookie_value(self._header("cookie"), self._config.cookie_name), self._started
+            )
+            user_id = identity.user.id if identity is not None else None
+            self._move = advance(
+                previous,
+                now=self._started,
+                user_id=user_id,
+                user_key=tracker.cookie.user_key(user_id),
+                timeout=self._config.session_timeout,
+            )
+        if self.skip_reason is None:
+            reset = self._move is not None and self._move.state.reset_pending
+            snippet = self._prepare(identity, nonce, nonce_required, set_user, reset)
+            if snippet is not None:
+                self._snippet = snippet
+                self.injector = Injector(snippet)
+                return True
+        if self._move is not None:
+            if head.html and head.refusal is None and self._method != "HEAD":
+                # Document or fragment? The empty injector says, with the body unchanged.
+                self.injector = Injector(b"")
+                return True
+            self._count(inserted=False)
+        return False
 
     @property
-    def tracked(self) -> bool:
-        """True once ``begin`` tracked the response: its head carries our cookie."""
-        return self._cookie is not None
+    def decided(self) -> bool:
+        """True once ``headers()`` is known (the head may go out)."""
+        injector = self.injector
+        return injector is None or injector.decided
+
+    def feed(self, chunk: bytes) -> bytes:
+        injector = self.injector
+        assert injector is not None
+        if injector.decided:
+            return chunk
+        out = injector.feed(chunk)
+        if injector.decided:
+            self._settle()
+        return out
+
+    def close(self) -> bytes:
+        injector = self.injector
+        assert injector is not None
+        if injector.decided:
+            return b""
+        out = injector.close()
+        self._settle()
+        return out
 
     @property
-    def has_content_length(self) -> bool:
-        return any(name.lower() == "content-length" for name, _ in self._response_headers)
+    def changed(self) -> bool:
+        """Whether ``headers()`` differs from the app's head (snippet in, or a cookie)."""
+        return self._cookie is not None or self._inserted
 
     def headers(self) -> list[tuple[str, str]]:
-        """The head to send. When injecting with ``Content-Length``, call it once decided."""
-        headers = self._response_headers
-        if self.injector is not None:
-            inserted = self.injector.inserted
-            if inserted is None and self.has_content_length:
-                raise RuntimeError("Content-Length is known only once the injector decided")
-            # Undecided here means a streamed head that goes out now: assume the snippet.
+        """The head to send, once ``decided``."""
+        if not self.decided:
+            raise RuntimeError("the head is known only once the injector decided")
+        headers = self._headers
+        if self._inserted:
             headers = rewrite_headers(
-                headers,
-                identified=self._identified and inserted is not False,
-                length_delta=0 if inserted is False else self._snippet_length,
+                headers, identified=self._identity is not None, length_delta=len(self._snippet)
             )
         if self._cookie is not None:
             headers = [*headers, ("Set-Cookie", self._cookie)]
         return headers
 
-    def feed(self, chunk: bytes) -> bytes:
-        assert self.injector is not None
-        if self.injector.decided:
-            return chunk
-        out = self.injector.feed(chunk)
-        if self.injector.decided:
-            self._log_outcome()
-        return out
+    def skip(self, reason: str) -> None:
+        """No snippet for this response, for ``reason`` (counted, logged at debug).
 
-    def close(self) -> bytes:
-        assert self.injector is not None
-        if self.injector.decided:
-            return b""
-        out = self.injector.close()
-        self._log_outcome()
-        return out
+        A driver calls it when it must hand the body on as is (``write()``, sendfile):
+        the response is settled then, without the injector's verdict.
+        """
+        if self.skip_reason is None:  # counted once per response
+            self._counters.incr("skipped")
+            log.debug("px_middleware: not injected: %s", reason)
+        self.skip_reason = reason
+        injector = self.injector
+        if injector is not None and not injector.decided:
+            self.injector = None
+            if self._move is not None:  # not classified: count it, as a page we cannot read
+                self._count(inserted=False)
+
+    def leave(self, reason: str) -> None:
+        """Nothing for this response, for ``reason``: no snippet and no page view."""
+        self.skip(reason)
+        self.track_reason = reason
+        self._move = None
 
     def finish(self) -> None:
         """The response is over (or abandoned): record its page view."""
-        if self._visit is None or self._tracker is None:
+        state, self._state = self._state, None
+        tracker = self._tracker
+        if state is None or tracker is None or tracker.capture is None:
             return
-        visit, self._visit = self._visit, None
-        duration_ms = int((self._tracker.clock() - self._started) * 1000)
-        self._tracker.page_view(
-            self._request, visit, status=self._status, duration_ms=max(duration_ms, 0)
+        config = self._config
+        header = self._header
+        now = tracker.clock()
+        attributes: dict[str, Any] = {
+            "path": self._path,
+            "method": self._method,
+            "status": self._status,
+            "duration_ms": max(int((now - self._started) * 1000), 0),
+        }
+        agent = header("user-agent")
+        if agent:
+            attributes["userAgent"] = agent[:512]
+        remote = None
+        if config.send_remote_host:
+            remote = client_ip(self._client, header("x-forwarded-for"), config.trusted_proxies)
+        self._emit(
+            config.page_view_event,
+            state,
+            int(now * 1000),
+            attributes,
+            url=page_url(self._scheme, self._host, self._path, self._query,
+                         config.redact_query_keys),
+            referrer=filter_referrer(header("referer"), config.redact_query_keys),
+            remote_host=remote,
         )
 
-    # -- internals ------------------------------------------------------------------
+    # -- which requests and responses are page views -----------------------------------
+    def _request_track_reason(self, path_allowed: bool, inject_reason: str | None) -> str | None:
+        assert self._tracker is not None
+        header = self._header
+        config = self._config
+        if config.honor_privacy_signals and (header("sec-gpc") == "1" or header("dnt") == "1"):
+            return "privacy signal (Sec-GPC/DNT) honoured"
+        if self._tracker.is_bot(header("user-agent") or ""):
+            return "bot user agent"
+        if config.track_all_responses:
+            return None if path_allowed else "path excluded by include/exclude_paths"
+        # Pages only: the same requests that could get the snippet (GET, no XHR, ...),
+        # and only navigations (not the page's own fetch()).
+        return inject_reason or navigation_reason(header)
+
+    def _response_track_reason(self, status: int, head: ResponseHead) -> str | None:
+        if head.public is not None:
+            return "Cache-Control public: no per-visitor cookie on a shared response"
+        if status not in self._config.page_view_statuses:
+            return f"status {status} is not a page view"
+        if not self._config.track_all_responses and not head.html:
+            return "not an HTML page"
+        return None
+
+    # -- settling a response -----------------------------------------------------------
+    @property
+    def _inserted(self) -> bool:
+        injector = self.injector
+        return bool(self._snippet) and injector is not None and injector.inserted is True
+
+    def _settle(self) -> None:
+        """The injector decided: count the outcome and, for a page, the page view."""
+        injector = self.injector
+        assert injector is not None
+        if self._snippet:
+            if injector.inserted:
+                self._counters.incr("injected")
+                if self._identity is not None:
+                    self._counters.incr("identified")
+            else:
+                self.skip(injector.reason)
+        if self._move is not None:
+            if _fragment(injector):
+                self._move = None
+                self.track_reason = "an HTML fragment, not a page"
+            else:
+                self._count(inserted=self._inserted)
+
+    def _count(self, *, inserted: bool) -> None:
+        """A page view: session events, the upsert when attributes changed, the cookie."""
+        move, self._move = self._move, None
+        tracker = self._tracker
+        assert move is not None and tracker is not None
+        state = move.state
+        config = self._config
+        if tracker.capture is not None:
+            if move.ended is not None:
+                ended = move.ended
+                if ended.user_id is None and ended.user_key is not None:
+                    # Logout or a switch: the cookie names the old user by digest only.
+                    self._counters.incr("session_end_unattributed")
+                else:
+                    end = ended.last_seen if move.end_reason == "timeout" else self._started
+                    self._emit(
+                        config.session_end_event,
+                        ended,
+                        int(end * 1000),
+                        {"duration_ms": ended.duration_ms, "pages": ended.pages,
+                         "reason": move.end_reason},
+                        account=False,
+                    )
+            if move.started:
+                self._emit(config.session_start_event, state, int(self._started * 1000), {})
+            if self._identity is not None:
+                state = self._upsert(state)
+        if inserted:
+            state = reset_shown(state)
+        self._state = state
+        secure = "; Secure" if self._scheme == "https" else ""
+        self._cookie = (
+            f"{config.cookie_name}={tracker.cookie.dump(state)}; "
+            f"{tracker.cookie_attributes}{secure}"
+        )
+
+    def _upsert(self, state: SessionState) -> SessionState:
+        tracker = self._tracker
+        identity = self._identity
+        assert tracker is not None and tracker.capture is not None and identity is not None
+        key = self._identity_key()
+        fingerprint = self._snippets.digest(key) if self._snippets else _digest(key)
+        if fingerprint == state.digest:
+            return state
+        # Errors were counted when the attributes were coerced: not twice.
+        user_body, account_body = upsert_bodies(self._config, identity, on_error=_ignore)
+        accepted = tracker.capture("user", user_body)
+        if account_body is not None:
+            accepted = tracker.capture("account", account_body) and accepted
+        if not accepted:  # not remembered: the next request tries again
+            self._counters.incr("events_dropped")
+            return state
+        return state._replace(digest=fingerprint)
+
+    def _emit(
+        self,
+        name: str,
+        state: SessionState,
+        date_ms: int,
+        attributes: dict[str, Any],
+        *,
+        account: bool = True,
+        **extra: Any,
+    ) -> None:
+        tracker = self._tracker
+        assert tracker is not None and tracker.capture is not None
+        if state.user_id is None and not self._config.track_anonymous:
+            return
+        identity = self._identity
+        account_id = None
+        if account and identity is not None and identity.account is not None:
+            account_id = identity.account.id
+        event = custom_event(
+            self._config, name, date_ms=date_ms, state=state, account_id=account_id,
+            attributes=attributes, **extra,
+        )
+        if not tracker.capture("event", event):
+            self._counters.incr("events_dropped")
+
+    # -- the snippet ---------------------------------------------------------------------
     def _prepare(
         self,
-        headers: list[tuple[str, str]],
         identity: Identity | None,
         nonce: str | None,
         nonce_required: bool,
         set_user: Mapping[str, Any] | None,
         reset: bool,
-    ) -> bool:
+    ) -> bytes | None:
+        """The snippet for this page, or None (``skip_reason`` says why)."""
         if identity is None and not self._config.inject_anonymous:
-            return self.skip("anonymous visitor and inject_anonymous=False")
-        if identity is not None:
-            reason = public_cache_reason(headers)
-            if reason:
-                return self.skip(reason)
-        page = f"{self._request.scheme}://{self._request.host}" if self._request.host else None
-        verdict = csp.check(headers, nonce, self._config.sdk_script_url, page)
+            self.skip("anonymous visitor and inject_anonymous=False")
+            return None
+        head = self._head
+        assert head is not None
+        if identity is not None and head.public is not None:
+            self.skip(head.public)
+            return None
+        page = f"{self._scheme}://{self._host}" if self._host else None
+        verdict = csp.check(self._headers, nonce, self._config.sdk_script_url, page)
         if not verdict.allowed:
-            return self.skip(verdict.reason)
+            self.skip(verdict.reason)
+            return None
         nonce = verdict.nonce
         if nonce is None and nonce_required:
-            return self.skip("a CSP nonce is required but none was found (fail closed)")
-        try:
-            snippet = render(
-                self._config,
-                identity,
-                nonce=nonce,
-                set_user=self._set_user_values(set_user),
-                reset=reset,
-                on_attribute_error=self._attribute_error,
-            )
-        except (TypeError, ValueError) as exc:
-            return self.skip(f"snippet not rendered: {exc}")
-        self.injector = Injector(snippet)
-        self._snippet_length = len(snippet)
-        return True
+            self.skip("a CSP nonce is required but none was found (fail closed)")
+            return None
+        values = self._set_user_values(set_user) if identity is not None else None
 
-    def _log_outcome(self) -> None:
-        assert self.injector is not None
-        if self.injector.inserted:
-            self._counters.incr("injected")
-            if self._identified:
-                self._counters.incr("identified")
-        else:
-            self.skip(self.injector.reason)
+        def build() -> bytes:
+            return render(self._config, identity, nonce=nonce, set_user=values, reset=reset,
+                          on_attribute_error=_ignore)
+
+        try:
+            if self._snippets is None or nonce is not None:
+                return build()  # a nonce is per request: caching it would only churn
+            key = (None if identity is None else self._identity_key(), _key(values), reset)
+            return self._snippets.snippet(key, build)
+        except (TypeError, ValueError) as exc:
+            self.skip(f"snippet not rendered: {exc}")
+            return None
+
+    def _identity_key(self) -> _Key:
+        key = self._ikey
+        if key is None:
+            key = self._ikey = (_key(self._user), _key(self._account))
+        return key
 
     def _attribute_error(self, name: str, exc: Exception) -> None:
         self._counters.incr("attributes_dropped")
-        log.warning("px_middleware: attribute %r dropped from identify: %s", name, exc)
+        if log.isEnabledFor(logging.WARNING):
+            log.warning("px_middleware: attribute %r dropped: %s", name, exc)
 
     def _set_user_values(self, values: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if not values:
@@ -252,3 +551,11 @@ class Exchange:
             if value is not None:
                 result[name] = value
         return result
+
+
+def _fragment(injector: Injector) -> bool:
+    """The injector found no document: an HTML fragment (``fetch()``, htmx, ...)."""
+    # Its verdict is a reason text; these are its "not a document" ones.
+    return injector.inserted is False and "not a" in injector.reason and (
+        "document" in injector.reason
+    )

@@ -8,7 +8,7 @@ uncertain is a "no": a page without PX is harmless, a broken response is not.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from px_middleware.core.request import HeaderGetter
 
@@ -24,12 +24,15 @@ def media_type(content_type: str | None) -> str:
 
 
 def request_skip_reason(
-    method: str, path: str, header: HeaderGetter, path_allowed: Callable[[str], bool]
+    method: str, path: str, header: HeaderGetter, path_allowed: bool
 ) -> str | None:
-    """Decide from the request alone; ``header(name)`` is case-insensitive."""
+    """Decide from the request alone; ``header(name)`` is case-insensitive.
+
+    ``path_allowed`` is the include/exclude verdict on ``path`` (``path_allowed()``).
+    """
     if method != "GET":
         return f"method {method} (only GET pages get the snippet)"
-    if not path_allowed(path):
+    if not path_allowed:
         return f"path {path!r} excluded by include_paths/exclude_paths"
     if (header("x-requested-with") or "").lower() == "xmlhttprequest":
         return "XHR request (X-Requested-With)"
@@ -43,40 +46,82 @@ def request_skip_reason(
     return None
 
 
+def navigation_reason(header: HeaderGetter) -> str | None:
+    """Why this request is not a person navigating to a page (``None``: it is).
+
+    Browsers say so in ``Sec-Fetch-Dest``/``Sec-Fetch-Mode`` when they send them; a
+    page's own ``fetch()`` is ``empty``/``cors``. htmx boosting and Turbo Drive visits
+    are navigations made through ``fetch()``, so they count as page views.
+    """
+    if (header("hx-boosted") or "").lower() == "true":
+        return None
+    if header("x-turbo-request-id") and not header("turbo-frame"):
+        return None
+    dest = header("sec-fetch-dest")
+    if dest is not None and dest.lower() != "document":
+        return f"Sec-Fetch-Dest: {dest} (not a navigation)"
+    mode = header("sec-fetch-mode")
+    if mode is not None and mode.lower() != "navigate":
+        return f"Sec-Fetch-Mode: {mode} (not a navigation)"
+    return None
+
+
+class ResponseHead:
+    """The facts about a response head that decisions need, read in one pass."""
+
+    __slots__ = ("media_type", "public", "refusal")
+
+    def __init__(self, headers: Iterable[tuple[str, str]]) -> None:
+        content_type = None
+        #: Why the body must not be rewritten whatever it holds (None: it may be).
+        self.refusal: str | None = None
+        #: Why the response may land in a shared cache (None: it may not).
+        self.public: str | None = None
+        for name, value in headers:
+            lower = name.lower()
+            if lower == "content-type":
+                content_type = value
+            elif lower == "content-length" and not _DIGITS.fullmatch(value.strip()):
+                # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+                self.refusal = self.refusal or f"invalid Content-Length {value!r}"
+            elif lower == "cache-control":
+                lowered = value.lower()
+                if "no-transform" in lowered:
+                    self.refusal = self.refusal or "Cache-Control: no-transform"
+                directives = {d.strip().split("=", 1)[0] for d in lowered.split(",")}
+                if "public" in directives or "s-maxage" in directives:
+                    self.public = "Cache-Control says public; an identified page must stay private"
+            elif lower == "content-encoding" and value.strip().lower() != "identity":
+                self.refusal = self.refusal or f"Content-Encoding {value} (never decompressed)"
+            elif lower == "content-disposition" and value.strip().lower().startswith(
+                "attachment"
+            ):
+                self.refusal = self.refusal or "Content-Disposition: attachment"
+        self.media_type = media_type(content_type)
+
+    @property
+    def html(self) -> bool:
+        return self.media_type in HTML_TYPES
+
+
 def response_skip_reason(
-    status: int, headers: Iterable[tuple[str, str]], statuses: frozenset[int]
+    status: int, head: ResponseHead | Iterable[tuple[str, str]], statuses: frozenset[int]
 ) -> str | None:
     """Decide from the response status and headers, before any body is read."""
+    if not isinstance(head, ResponseHead):
+        head = ResponseHead(head)
     if status not in statuses:
         return f"status {status}"
-    content_type = None
-    for name, value in headers:
-        lower = name.lower()
-        if lower == "content-type":
-            content_type = value
-        elif lower == "content-encoding" and value.strip().lower() != "identity":
-            return f"Content-Encoding {value} (never decompressed)"
-        elif lower == "content-disposition" and value.strip().lower().startswith("attachment"):
-            return "Content-Disposition: attachment"
-        elif lower == "cache-control" and "no-transform" in value.lower():
-            return "Cache-Control: no-transform"
-        elif lower == "content-length" and not _DIGITS.fullmatch(value.strip()):
-            # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
-            return f"invalid Content-Length {value!r}"
-    kind = media_type(content_type)
-    if kind not in HTML_TYPES:
-        return f"media type {kind or 'missing'!r} is not HTML"
+    if head.refusal is not None:
+        return head.refusal
+    if not head.html:
+        return f"media type {head.media_type or 'missing'!r} is not HTML"
     return None
 
 
 def public_cache_reason(headers: Iterable[tuple[str, str]]) -> str | None:
     """Per-user content must not land in a shared cache: refuse ``public`` pages."""
-    for name, value in headers:
-        if name.lower() == "cache-control":
-            directives = {d.strip().split("=", 1)[0].lower() for d in value.split(",")}
-            if "public" in directives or "s-maxage" in directives:
-                return "Cache-Control says public; an identified page must stay private"
-    return None
+    return ResponseHead(headers).public
 
 
 def rewrite_headers(

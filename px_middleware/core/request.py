@@ -1,30 +1,19 @@
-"""``RequestInfo``: the request facts the core needs, gathered by the adapters."""
+"""Request-side helpers the core shares: the header getter type and cookie reading."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 HeaderGetter = Callable[[str], "str | None"]
 
 
-@dataclasses.dataclass(frozen=True)
-class RequestInfo:
-    method: str
-    path: str
-    #: ``header(name)`` returns the value of a request header, case-insensitively.
-    header: HeaderGetter
-    query: str = ""
-    scheme: str = "http"
-    host: str = ""
-    #: The peer address as the server saw it.
-    client: str | None = None
-
-    def cookie(self, name: str) -> str | None:
-        """One cookie's value; a hand parser, because ``SimpleCookie`` rejects whole
-        headers over one odd cookie from somebody else."""
-        for part in (self.header("cookie") or "").split(";"):
-            key, sep, value = part.partition("=")
-            if sep and key.strip() == name:
-                return value.strip().strip('"')
+def cookie_value(header: str | None, name: str) -> str | None:
+    """One cookie's value from a ``Cookie`` header; a hand parser, because
+    ``SimpleCookie`` rejects whole headers over one odd cookie from somebody else."""
+    if not header or name not in header:
         return None
+    for part in header.split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip() == name:
+            return value.strip().strip('"')
+    return None

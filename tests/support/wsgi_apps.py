@@ -38,6 +38,12 @@ PAGE = (
 )
 STREAM_FIRST = b"<!doctype html><html><head><title>Stream</title></head><body><p>first</p>\n"
 STREAM_REST = [b"<p>second</p>\n", b"<p>third</p></body></html>\n"]
+#: /slowhead bodies: (first chunk, the chunks after the gate).
+SLOW = {
+    "page": (b"<!doctype html><html><head><title>Slow</title>",
+             [b"<link rel=icon href=/x.ico></head><body><p>late</p>", b"</body></html>\n"]),
+    "fragment": (b"\n  ", [b"<li>a row</li>\n", b"<li>another</li>\n"]),
+}
 STATIC_HTML = Path(__file__).with_name("static_page.html")
 
 
@@ -73,6 +79,22 @@ def create_app(*, with_px: bool) -> Flask:
             yield from STREAM_REST
 
         return Response(body(), mimetype="text/html")
+
+    @app.get("/slowhead")
+    def slow_head() -> Response:
+        """A page (or fragment) whose first chunk does not decide where the snippet goes:
+        it writes ``NAME.reached`` and blocks on the gate before the rest."""
+        gate = Path(os.environ[GATE_DIR_ENV]) / request.args["gate"]
+        first, rest = SLOW[request.args["kind"]]
+
+        def body() -> Iterator[bytes]:
+            yield first
+            gate.with_name(gate.name + ".reached").touch()
+            with gate.open("rb", buffering=0) as fifo:
+                fifo.read(1)  # blocks until the test writes its byte
+            yield from rest
+
+        return Response(body(), mimetype="text/html", headers={"ETag": '"v1"'})
 
     @app.get("/api")
     def api() -> dict[str, object]:
