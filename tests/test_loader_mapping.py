@@ -135,7 +135,7 @@ def test_read_only_fields_are_a_mapping_error(column: str) -> None:
     mapping = MappingFile(columns={"visits": column})
     with pytest.raises(PlanError, match=f"'visits' maps to '{column}', which is read-only"):
         build_plan(USERS, ["identifyId", "visits"], mapping, UTC)
-    with pytest.raises(PlanError, match="numberOfUsers.*read-only"):
+    with pytest.raises(PlanError, match=r"numberOfUsers.*read-only"):
         build_plan(ACCOUNTS, ["id", "name", "numberOfUsers"], None, UTC)
     # Ignoring the column is the way out, and says so.
     assert build_plan(USERS, ["identifyId", column], MappingFile(ignore=frozenset({column})),
