@@ -57,14 +57,17 @@ def test_upsert_creates_then_updates_and_update_only_skips(
     assert sorted(u["identifyId"] for u in devserver.users()) == [f"u{i}" for i in range(5)]
 
 
-def test_dry_run_makes_no_request(devserver: DevServer, tmp_path: Path) -> None:
+def test_dry_run_only_reads_metadata(devserver: DevServer, tmp_path: Path) -> None:
     users = write_users(tmp_path / "users.csv", 4)
     result = load(devserver, "users", str(users), "--dry-run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     bodies = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [b["body"]["identifyId"] for b in bodies] == ["u0", "u1", "u2", "u3"]
     assert bodies[0]["body"]["signUpDate"] == 1704153600000
-    assert devserver.requests() == []
+    # The same attribute metadata as a real run reads; nothing is written.
+    assert [(r["method"], r["path"]) for r in devserver.requests()] == [
+        ("GET", "/v1/admin/model/USER/attributes")
+    ]
 
 
 def test_a_429_storm_loses_no_row(devserver: DevServer, tmp_path: Path) -> None:

@@ -106,6 +106,7 @@ class UnitSender:
     """The operations of a load, each wrapped in the retry policy."""
 
     def __init__(self, client: PXRestClient, kind: str, mode: Mode, gate: Gate) -> None:
+        self.client = client
         self._client = client
         self._kind = kind
         self._mode = mode
