@@ -37,6 +37,7 @@ def event(n: int = 0, session: str | None = "s1", **extra: Any) -> dict[str, Any
         "eventName": "test_event",
         "identifyId": "u1",
         "propertyKey": PRODUCT_KEY,
+        "userType": "USER",
         "eventId": str(uuid.uuid4()),
         "date": 1_700_000_000_000 + n,
         "attributes": {"seq": n},
