@@ -74,9 +74,9 @@ class ApiGate:
             self.store.log_request(scope["method"], scope["path"], query, status, reason)
 
     async def _gate(self, scope: Scope, receive: Receive, send: Send, server_send: Send) -> None:
-        latency = self.faults.plan.latency_ms
-        if latency:
-            await asyncio.sleep(latency / 1000)
+        delay = self.faults.delay_for(scope["path"])
+        if delay:
+            await asyncio.sleep(delay)
         fault = self.faults.take()
         if fault == "close":
             await _drop_connection(receive, server_send)
