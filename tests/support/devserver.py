@@ -62,6 +62,7 @@ class DevServer:
         host: str = "127.0.0.1",
         startup_timeout: float = 20.0,
         extra_args: Sequence[str] = (),
+        accept_event_lists: bool = True,
     ) -> None:
         self.db_path = Path(db_path)
         self.port = port
@@ -74,6 +75,7 @@ class DevServer:
         self.startup_timeout = startup_timeout
         #: More ``devserver`` flags, e.g. ``["--attribute", "USER:seats=NUMBER"]``.
         self.extra_args = list(extra_args)
+        self.accept_event_lists = accept_event_lists
         #: Exit code of the last process once stopped (0 after a clean SIGTERM).
         self.returncode: int | None = None
         self._process: subprocess.Popen[str] | None = None
@@ -124,6 +126,7 @@ class DevServer:
             "--hash-encoding", self.hash_encoding,
             "--hash-field", self.hash_field,
             *self.extra_args,
+            "--accept-event-lists" if self.accept_event_lists else "--no-accept-event-lists",
         ]  # fmt: skip
 
     def start(self) -> None:

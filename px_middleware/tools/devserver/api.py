@@ -247,9 +247,11 @@ def published_event_query(request: Request) -> tuple[dict[str, str], tuple[int, 
     return filters, (low, high), sort == "-date"
 
 
-def event_routes(store: Store) -> list[BaseRoute]:
+def event_routes(store: Store, *, accept_lists: bool = True) -> list[BaseRoute]:
     async def post_events(request: Request) -> Response:
         items, many = items_of(await read_json(request))
+        if many and not accept_lists:  # PX documents one CustomEvent per request
+            raise ApiError(400, "the body must be one CustomEvent object, not a list")
         errors = errors_of("event", items, many, create=True)
         if errors:
             raise ApiError(400, errors)
@@ -288,10 +290,12 @@ def model_routes(attributes: CustomAttributes) -> list[BaseRoute]:
     return [Route("/v1/admin/model/{entity}/attributes", model, methods=["GET"])]
 
 
-def api_routes(store: Store, attributes: CustomAttributes) -> list[BaseRoute]:
+def api_routes(
+    store: Store, attributes: CustomAttributes, *, accept_event_lists: bool = True
+) -> list[BaseRoute]:
     return [
         *record_routes(store, "user", "users"),
         *record_routes(store, "account", "accounts"),
-        *event_routes(store),
+        *event_routes(store, accept_lists=accept_event_lists),
         *model_routes(attributes),
     ]

@@ -37,6 +37,7 @@ def create_app(
     hash_field: str = "id",
     rate_limit: float = DEFAULT_RATE_LIMIT,
     attributes: Mapping[str, Mapping[str, str]] | None = None,
+    accept_event_lists: bool = True,
 ) -> ASGIApp:
     """The whole stand-in as one ASGI app; the SQLite store closes on lifespan shutdown."""
     if hash_field not in ("id", "email"):
@@ -81,7 +82,7 @@ def create_app(
             store.close()
 
     routes = [
-        *api_routes(store, custom),
+        *api_routes(store, custom, accept_event_lists=accept_event_lists),
         *control_routes(store, faults, bucket, custom),
         *sdk_routes(
             store, hmac_secret=hmac_secret, hash_field=hash_field, hash_encoding=hash_encoding

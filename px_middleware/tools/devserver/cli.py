@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="declare a custom attribute for /v1/admin/model/.../attributes, e.g. "
         "USER:seats=NUMBER (repeatable; types STRING, NUMBER, BOOLEAN, DATE_TIME)",
     )
+    parser.add_argument(
+        "--accept-event-lists",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="take a list of events in one POST (PX documents one event per request)",
+    )
     return parser
 
 
@@ -108,6 +114,7 @@ def main(argv: list[str]) -> int:
         hash_field=args.hash_field,
         rate_limit=args.rate_limit,
         attributes=attributes,
+        accept_event_lists=args.accept_event_lists,
     )
     print(f"REST API {url}/v1 (X-APTRINSIC-API-KEY: {args.api_key})", file=sys.stderr)
     print(f"web SDK {url}/api/aptrinsic.js · dashboard {url}/", file=sys.stderr)
