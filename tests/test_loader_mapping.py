@@ -359,3 +359,26 @@ def test_state_file_round_trip_and_mismatch(tmp_path: Path) -> None:
     source.write_text("identifyId\nzz\n")
     with pytest.raises(StateError, match="different version"):
         StateFile(state.path, source, "users").load()
+
+
+# -- errors file -----------------------------------------------------------------------
+def test_errors_file_is_per_run_and_keeps_overlong_rows_whole(tmp_path: Path) -> None:
+    from px_middleware.tools.loader.errorfile import ErrorFile
+    from px_middleware.tools.loader.reader import Record
+
+    path = tmp_path / "u.errors.csv"
+    path.write_text("identifyId,error\nstale,from an earlier run\n")
+    errors = ErrorFile(path, "csv", ["identifyId", "email"], append=False)
+    assert not path.exists()  # an earlier run's failures are not this run's
+    errors.write(Record(0, 2, {}, ["u1", "a@x", "extra"], "row has 3 cells"), "row has 3 cells")
+    errors.write(Record(1, 3, {}, ["u2"], "bad"), "email is required")
+    errors.close()
+    assert path.read_text().splitlines() == [
+        "identifyId,email,error",
+        "u1,a@x,row has 3 cells,extra",  # the extra cell survives, after the reason
+        "u2,,email is required",
+    ]
+    again = ErrorFile(path, "csv", ["identifyId", "email", "error"], append=True)
+    again.write(Record(0, 2, {}, ["u2", "", "email is required"], None), "still bad")
+    again.close()
+    assert path.read_text().splitlines()[-1] == "u2,,still bad"
