@@ -195,9 +195,12 @@ def _json_type(value: Any) -> str:
     return "array" if isinstance(value, list) else "object"
 
 
-def _type_error(field: Field, value: Any) -> str | None:
-    """Why ``value`` is not of the field's JSON type (enum not checked), or ``None``."""
-    kind, name = field.type, field.name
+def _type_error(field: Field, value: Any, name: str | None = None) -> str | None:
+    """Why ``value`` is not of the field's JSON type (enum not checked), or ``None``.
+
+    ``name`` is how the field is named in the message (``location.city``, ``[2].date``).
+    """
+    kind, name = field.type, name or field.name
     got = _json_type(value)
     if kind == "string":
         ok = got == "string"
@@ -259,7 +262,7 @@ def body_errors(
             continue
         if value is None:
             continue
-        error = _type_error(dataclasses.replace(field, name=path), value)
+        error = _type_error(field, value, path)
         if error is not None:
             errors.append(error)
         elif field.enum and value not in field.enum:
@@ -286,7 +289,7 @@ def _nested_errors(table: Mapping[str, Field], value: Mapping[str, Any], path: s
             errors.append(f"{sub} is not a field of a PX location")
         elif item is None:
             continue
-        elif (error := _type_error(dataclasses.replace(field, name=sub), item)) is not None:
+        elif (error := _type_error(field, item, sub)) is not None:
             errors.append(error)
         elif name == "coordinates":
             errors.extend(_nested_errors(COORDINATE_FIELDS, item, sub))

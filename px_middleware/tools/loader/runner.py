@@ -111,7 +111,11 @@ class WorkPool:
     """Pending units for any worker, with per-key order: one unit of a key at a time."""
 
     def __init__(self, limit: int) -> None:
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        # Two conditions on one lock: a finished unit wakes one worker and the reader,
+        # not every thread (which would only fight over the GIL).
+        self._has_work = threading.Condition(lock)
+        self._has_room = threading.Condition(lock)
         self._limit = limit
         self._pending = 0
         self._ready: collections.deque[tuple[str | None, Unit]] = collections.deque()
@@ -121,11 +125,11 @@ class WorkPool:
 
     def put(self, key: str | None, unit: Unit, stop: threading.Event) -> bool:
         """Queue a unit, waiting while too many are pending; ``False`` once stopped."""
-        with self._cond:
+        with self._has_room:
             while self._pending >= self._limit:
                 if stop.is_set():
                     return False
-                self._cond.wait(0.2)
+                self._has_room.wait(0.2)
             self._pending += 1
             if key is not None and key in self._waiting:
                 self._waiting[key].append(unit)
@@ -133,34 +137,37 @@ class WorkPool:
                 if key is not None:
                     self._waiting[key] = collections.deque()
                 self._ready.append((key, unit))
-                self._cond.notify()
+                self._has_work.notify()
             return True
 
     def take(self) -> tuple[str | None, Unit] | None:
         """The next unit that may be sent now, or ``None`` when closed and drained."""
-        with self._cond:
+        with self._has_work:
             while not self._ready:
                 if self._closed and not self._pending:
                     return None
-                self._cond.wait()
+                self._has_work.wait()
             return self._ready.popleft()
 
     def done(self, key: str | None) -> None:
         """A unit of ``key`` finished: its next unit (if any) may go."""
-        with self._cond:
+        with self._has_work:
             self._pending -= 1
             if key is not None:
                 later = self._waiting[key]
                 if later:
                     self._ready.append((key, later.popleft()))
+                    self._has_work.notify()
                 else:
                     del self._waiting[key]
-            self._cond.notify_all()
+            if self._closed and not self._pending:
+                self._has_work.notify_all()  # idle workers may end now
+            self._has_room.notify()
 
     def close(self) -> None:
-        with self._cond:
+        with self._has_work:
             self._closed = True
-            self._cond.notify_all()
+            self._has_work.notify_all()
 
 
 class Loader:
