@@ -263,7 +263,8 @@ class DevServer:
 
     def requests(self) -> list[dict[str, Any]]:
         """REST calls received: ``method``, ``path``, ``query``, ``status`` (null when the
-        connection was dropped by a fault), ``ts`` (epoch ms)."""
+        connection was dropped by a fault), ``reason`` (why the stand-in refused it, or
+        null), ``ts`` (epoch ms)."""
         result: list[dict[str, Any]] = self._get("/_control/requests")
         return result
 
