@@ -265,6 +265,22 @@ def test_an_account_without_name_is_updated_but_never_created(server: DevServer)
     assert server.accounts()[0]["plan"] == "gold"
 
 
+def test_the_middleware_counts_and_logs_an_account_it_cannot_create(
+    server: DevServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    delivery = Delivery(config(server))
+    try:
+        body = upsert_bodies(config(server), Identity(User("u"), Account("nameless")))[1]
+        assert body is not None
+        with caplog.at_level(logging.WARNING, logger="px_middleware"):
+            assert delivery.capture("account", body)
+            server.wait_for(lambda: delivery.counters()["dropped_rejected"] == 1)
+    finally:
+        delivery.shutdown()
+    assert server.accounts() == []
+    assert "name is required" in caplog.text
+
+
 def test_read_only_and_off_model_values_are_logged_counted_drops(
     server: DevServer, caplog: pytest.LogCaptureFixture
 ) -> None:
