@@ -236,3 +236,46 @@ def test_a_product_key_is_required_before_any_request(
     assert result.returncode == 2
     assert "PX_PRODUCT_KEY" in result.stderr
     assert devserver.requests() == []
+
+
+def test_state_is_saved_in_batches_not_per_row(devserver: DevServer, tmp_path: Path) -> None:
+    import datetime as dt
+    import io
+
+    import httpx
+
+    from px_middleware.delivery.ratelimit import TokenBucket
+    from px_middleware.rest import PXRestClient
+    from px_middleware.tools.loader.errorfile import ErrorFile
+    from px_middleware.tools.loader.fields import SCHEMAS
+    from px_middleware.tools.loader.mapping import Options, build_plan
+    from px_middleware.tools.loader.reader import Source
+    from px_middleware.tools.loader.runner import Loader, Reporter, Settings
+    from px_middleware.tools.loader.sender import Gate, LimitedTransport, UnitSender
+    from px_middleware.tools.loader.state import AckTracker, StateFile
+
+    class CountingState(StateFile):
+        saves = 0
+
+        def save(self, tracker: AckTracker) -> None:
+            CountingState.saves += 1
+            super().save(tracker)
+
+    rows = 300
+    path = write_users(tmp_path / "users.csv", rows)
+    gate = Gate()
+    transport = LimitedTransport(httpx.HTTPTransport(), TokenBucket(10_000), gate)
+    with Source(path) as source, PXRestClient(
+        devserver.api_url, devserver.api_key, transport=transport
+    ) as client:
+        plan = build_plan(SCHEMAS["users"], source.header, None, Options(dt.timezone.utc, KEY))
+        state = CountingState(tmp_path / "state.json", path, "users")
+        errors = ErrorFile(tmp_path / "errors.csv", "csv", source.header, append=False)
+        loader = Loader(source, plan, UnitSender(client, "users", "upsert", gate), errors,
+                        state, Settings(), Reporter("users.csv", io.StringIO()))
+        result = loader.run()
+    assert result.complete and result.counts.created == rows
+    # At most one save a second (or per 500 rows), and the final one; the old loader
+    # saved after every row (300 times).
+    assert 1 <= CountingState.saves <= rows // 10
+    assert json.loads((tmp_path / "state.json").read_text())["resume_from"] == rows
