@@ -338,6 +338,7 @@ def test_rest_values_are_sent_as_px_wants_them(user: User, field: str, sent: Any
         (User(id="u", gender="f"), "gender must be one of MALE, FEMALE, OTHER, EMPTY_GENDER"),
         (User(id="u", type="admin"), "type must be one of"),
         (User(id="u", score=3.5), "score must be an integer"),
+        (User(id="u", score=2.0**63), "score is out of range"),
         (User(id="u", number_of_visits=3), "numberOfVisits is read-only in PX"),
         (User(id="u", email=7), "email must be a string"),  # type: ignore[arg-type]
         (User(id="u", global_unsubscribe="no"), "globalUnsubscribe must be a boolean"),  # type: ignore[arg-type]

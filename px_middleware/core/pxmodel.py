@@ -171,7 +171,8 @@ def rest_value(field: Field, value: Any) -> Any:
                 return option
         error = f"{field.name} must be one of {', '.join(field.enum)}, got {value!r}"
     if error is not None and field.type in ("int64", "int32") and _integral_float(value):
-        return int(value)  # 3.0 is the integer 3, which is what was meant
+        value = int(value)  # 3.0 is the integer 3, which is what was meant
+        error = _type_error(field, value)  # still in range, still epoch ms?
     if error is not None:
         raise ValueError(error)
     return value
