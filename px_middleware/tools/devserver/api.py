@@ -1,7 +1,9 @@
-"""The REST API under ``/v1``: users, accounts and custom events, as PX answers them.
+"""The REST API under ``/v1``: users, accounts, custom events and attribute metadata.
 
 Statuses follow PX: POST 201 (400 when the id exists), PUT 204 (404 when missing),
 DELETE 204/404. A request with any invalid item is rejected whole; nothing is stored.
+Lists page with ``pageSize``/``scrollId``: the last page carries no ``scrollId``, so a
+client that follows the published rules stops.
 """
 
 from __future__ import annotations
