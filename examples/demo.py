@@ -80,7 +80,9 @@ def main(argv: list[str]) -> int:
     px = subprocess.Popen(
         [sys.executable, "-m", "px_middleware", "devserver", "--port", str(PX_PORT),
          "--db", str(STATE / "px-devserver.sqlite3"), "--api-key", SETTINGS["PX_API_KEY"],
-         "--hmac-secret", SETTINGS["PX_HMAC_SECRET"]],
+         "--hmac-secret", SETTINGS["PX_HMAC_SECRET"],
+         # The examples' custom attributes, as PX's Administration > Attributes has them.
+         "--attribute", "ACCOUNT:seats=NUMBER", "--attribute", "ACCOUNT:contractEnd=DATE_TIME"],
         env=env,
     )
     app = None

@@ -30,6 +30,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
             "eventName": "request",
             "identifyId": "u1",
             "propertyKey": px_config.product_key,
+            "userType": "USER",
             "eventId": query["id"],
             "sessionId": query.get("s", "s"),
             "date": 1_700_000_000_000,

@@ -6,6 +6,7 @@ route from the implementation's), never taken from ``to_epoch_ms`` itself.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import json
@@ -285,3 +286,92 @@ def test_to_epoch_ms_floors_sub_millisecond_instants_before_1970() -> None:
     # -0.5 ms is inside the millisecond that starts at -1 ms, as JavaScript's Date sees it.
     assert to_epoch_ms(dt.datetime(1969, 12, 31, 23, 59, 59, 999_500, tzinfo=UTC)) == -1
     assert to_epoch_ms(dt.datetime(1970, 1, 1, 0, 0, 0, 999, tzinfo=UTC)) == 0
+
+
+# -- REST bodies from the one PX model ----------------------------------------------------------
+
+def _bodies(identity: Identity) -> tuple[dict[str, Any], dict[str, Any] | None, list[str]]:
+    from px_middleware.config import PXConfig
+    from px_middleware.core.events import upsert_bodies
+
+    dropped: list[str] = []
+    config = PXConfig(product_key="AP-IDENTITY000-2", api_key="k")
+    user, account = upsert_bodies(
+        config, identity, on_error=lambda name, exc: dropped.append(f"{name}: {exc}")
+    )
+    return user, account, dropped
+
+
+def test_rest_user_nests_location_and_keeps_custom_attributes_apart() -> None:
+    user, _, dropped = _bodies(Identity(User(
+        id="u", city="Paris", country_name="France", country_code="FR", time_zone="CET",
+        email="e@x.io", custom={"city_tier": 1},
+    )))
+    assert dropped == []
+    assert user == {
+        "identifyId": "u", "propertyKeys": ["AP-IDENTITY000-2"], "email": "e@x.io",
+        "location": {"countryName": "France", "countryCode": "FR", "city": "Paris",
+                     "timeZone": "CET"},
+        "customAttributes": {"city_tier": 1},
+    }
+
+
+@pytest.mark.parametrize(
+    ("user", "field", "sent"),
+    [
+        (User(id="u", gender="female"), "gender", "FEMALE"),
+        (User(id="u", gender="Other"), "gender", "OTHER"),
+        (User(id="u", type="visitor"), "type", "VISITOR"),
+        (User(id="u", score=3.0), "score", 3),  # an integral float is the integer
+        (User(id="u", score=Decimal("4")), "score", 4),  # type: ignore[arg-type]
+        (User(id="u", global_unsubscribe=True), "globalUnsubscribe", True),
+    ],
+)
+def test_rest_values_are_sent_as_px_wants_them(user: User, field: str, sent: Any) -> None:
+    body, _, dropped = _bodies(Identity(user))
+    assert dropped == [] and body[field] == sent and type(body[field]) is type(sent)
+
+
+@pytest.mark.parametrize(
+    ("user", "message"),
+    [
+        (User(id="u", gender="f"), "gender must be one of MALE, FEMALE, OTHER, EMPTY_GENDER"),
+        (User(id="u", type="admin"), "type must be one of"),
+        (User(id="u", score=3.5), "score must be an integer"),
+        (User(id="u", score=2.0**63), "score is out of range"),
+        (User(id="u", number_of_visits=3), "numberOfVisits is read-only in PX"),
+        (User(id="u", email=7), "email must be a string"),  # type: ignore[arg-type]
+        (User(id="u", global_unsubscribe="no"), "globalUnsubscribe must be a boolean"),  # type: ignore[arg-type]
+    ],
+)
+def test_values_px_would_refuse_or_ignore_are_dropped_one_by_one(user: User, message: str) -> None:
+    body, _, dropped = _bodies(Identity(dataclasses.replace(user, first_name="Ada")))
+    assert len(dropped) == 1 and message in dropped[0]
+    assert body["firstName"] == "Ada"  # the rest of the user is still sent
+
+
+def test_rest_account_drops_read_only_and_checks_integers() -> None:
+    _, account, dropped = _bodies(Identity(User(id="u"), Account(
+        id="a", name="A", number_of_users=4, number_of_employees=12.5,  # type: ignore[arg-type]
+        health_score=80,
+        nps=7.5, renewal_date=dt.date(2024, 1, 2), city="Oslo",
+    )))
+    assert account == {
+        "id": "a", "propertyKeys": ["AP-IDENTITY000-2"], "name": "A", "healthScore": 80,
+        "nps": 7.5, "renewalDate": JAN_2_2024_MS, "location": {"city": "Oslo"},
+    }
+    assert [d.split(":")[0] for d in dropped] == ["numberOfEmployees", "numberOfUsers"]
+
+
+def test_the_snippet_still_gets_the_browser_sdks_flat_attributes() -> None:
+    """The SDK's identify takes default attributes flat, numberOfVisits included."""
+    user = User(id="u", city="Paris", number_of_visits=3, score=3.5)
+    assert user.attributes() == {"id": "u", "city": "Paris", "numberOfVisits": 3, "score": 3.5}
+
+
+def test_every_dataclass_field_is_in_the_px_model() -> None:
+    from px_middleware.core.pxmodel import ACCOUNT_FIELDS, LOCATION_FIELDS, USER_FIELDS
+
+    for cls, table in ((User, USER_FIELDS), (Account, ACCOUNT_FIELDS)):
+        unknown = cls.default_names() - set(table) - set(LOCATION_FIELDS)
+        assert unknown == set(), f"{cls.__name__}: {unknown}"

@@ -20,7 +20,8 @@ from px_middleware.tools.loader.reader import Source, SourceError, flatten
 from px_middleware.tools.loader.state import AckTracker, StateError, StateFile
 
 DATA = Path(__file__).parent / "data" / "loader"
-UTC = Options(tz=dt.timezone.utc)
+KEY = "AP-TEST00-2"
+UTC = Options(tz=dt.timezone.utc, product_key=KEY)
 USERS, ACCOUNTS, EVENTS = SCHEMAS["users"], SCHEMAS["accounts"], SCHEMAS["events"]
 
 
@@ -33,7 +34,7 @@ def test_default_mapping_uses_columns_named_like_px_fields() -> None:
         {
             "identifyId": "u1",
             "email": "a@example.com",
-            "score": "7.5",
+            "score": "7",
             "signUpDate": "2024-03-01",
             "customAttributes.plan": "pro",
             "shoe": "42",
@@ -43,9 +44,10 @@ def test_default_mapping_uses_columns_named_like_px_fields() -> None:
     assert body == {
         "identifyId": "u1",
         "email": "a@example.com",
-        "score": 7.5,
+        "score": 7,
         "signUpDate": 1_709_251_200_000,
         "customAttributes": {"plan": "pro"},
+        "propertyKeys": [KEY],
     }
     assert plan.warnings == ("column 'shoe' is not mapped to a PX field and is ignored",)
 
@@ -76,7 +78,7 @@ def test_custom_mapping_file_with_location_and_types() -> None:
 def test_empty_cells_are_omitted_not_cleared() -> None:
     plan = build_plan(USERS, ["identifyId", "email", "score"], None, UTC)
     body, problems = plan.build(0, {"identifyId": "u1", "email": "", "score": " "})
-    assert (body, problems) == ({"identifyId": "u1"}, [])
+    assert (body, problems) == ({"identifyId": "u1", "propertyKeys": [KEY]}, [])
 
 
 def test_mapping_to_missing_column_is_an_error_before_anything_is_sent() -> None:
@@ -110,24 +112,81 @@ def test_key_column_is_required() -> None:
 
 
 def test_type_precedence_mapping_then_px_metadata_then_defaults() -> None:
-    header = ["identifyId", "score", "customAttributes.seats", "customAttributes.vip", "phone"]
+    header = ["identifyId", "score", "customAttributes.seats", "customAttributes.vip",
+              "customAttributes.note", "phone"]
     remote = {"seats": "NUMBER", "vip": "BOOLEAN", "score": "STRING", "identifyId": "NUMBER"}
     mapping = MappingFile(types={"customAttributes.vip": "STRING"})
     plan = build_plan(USERS, header, mapping, UTC, remote)  # type: ignore[arg-type]
     types = {c.path: c.type for c in plan.columns}
     assert types == {
-        "identifyId": "STRING",  # the key is always text
-        "score": "STRING",  # PX's metadata
+        "identifyId": "STRING",  # PX's own fields keep the model's types
+        "score": "NUMBER",
         "customAttributes.seats": "NUMBER",  # PX's metadata
         "customAttributes.vip": "STRING",  # the mapping file wins
-        "phone": "STRING",  # built-in default
+        "customAttributes.note": "STRING",  # unknown custom attributes are text
+        "phone": "STRING",
     }
 
 
+@pytest.mark.parametrize("column", ["numberOfVisits", "lastSeenDate", "aptrinsicId"])
+def test_read_only_fields_are_a_mapping_error(column: str) -> None:
+    with pytest.raises(PlanError, match=f"{column}.*read-only in PX"):
+        build_plan(USERS, ["identifyId", column], None, UTC)
+    mapping = MappingFile(columns={"visits": column})
+    with pytest.raises(PlanError, match=f"'visits' maps to '{column}', which is read-only"):
+        build_plan(USERS, ["identifyId", "visits"], mapping, UTC)
+    with pytest.raises(PlanError, match=r"numberOfUsers.*read-only"):
+        build_plan(ACCOUNTS, ["id", "name", "numberOfUsers"], None, UTC)
+    # Ignoring the column is the way out, and says so.
+    assert build_plan(USERS, ["identifyId", column], MappingFile(ignore=frozenset({column})),
+                      UTC).columns[0].path == "identifyId"
+
+
+def test_writable_fields_from_the_model_are_mapping_targets() -> None:
+    header = ["identifyId", "type", "globalUnsubscribe", "sfdcContactId", "gender", "score",
+              "location.coordinates.latitude"]
+    plan = build_plan(USERS, header, None, UTC)
+    body, problems = plan.build(0, {
+        "identifyId": "u1", "type": "lead", "globalUnsubscribe": "true", "sfdcContactId": "003",
+        "gender": "female", "score": "3", "location.coordinates.latitude": "48.85",
+    })
+    assert problems == []
+    assert body == {
+        "identifyId": "u1", "type": "LEAD", "globalUnsubscribe": True, "sfdcContactId": "003",
+        "gender": "FEMALE", "score": 3, "location": {"coordinates": {"latitude": 48.85}},
+        "propertyKeys": [KEY],
+    }
+    _, problems = plan.build(0, {"identifyId": "u1", "score": "3.5", "gender": "f"})
+    assert [column for column, _ in problems] == ["gender", "score"]
+    assert "3.5" in problems[1][1]
+    header = ["id", "name", "parentGroupId", "renewalDate", "healthScore", "gsId", "nps", "csm",
+              "lastSeenDate"]
+    plan = build_plan(ACCOUNTS, header, None, UTC)
+    body, problems = plan.build(0, {
+        "id": "a", "name": "A", "parentGroupId": "p", "renewalDate": "2024-03-01",
+        "healthScore": "80", "gsId": "g", "nps": "7.5", "csm": "c", "lastSeenDate": "2024-03-01",
+    })
+    assert problems == []
+    assert body["healthScore"] == 80 and body["nps"] == 7.5
+    assert body["renewalDate"] == body["lastSeenDate"] == 1_709_251_200_000
+
+
+def test_accounts_without_name_cannot_be_created_but_can_be_updated() -> None:
+    header = ["id", "plan"]
+    _, problems = build_plan(ACCOUNTS, header, None, UTC).build(0, {"id": "a", "plan": "x"})
+    assert problems == [("(not mapped)", "name is required")]
+    update = Options(tz=dt.timezone.utc, product_key=KEY, create=False)
+    _, problems = build_plan(ACCOUNTS, header, None, update).build(0, {"id": "a", "plan": "x"})
+    assert problems == []
+
+
 def test_accounts_numbers_and_events_attributes() -> None:
-    plan = build_plan(ACCOUNTS, ["id", "numberOfEmployees", "sicCode"], None, UTC)
-    body, _ = plan.build(0, {"id": "a1", "numberOfEmployees": "250", "sicCode": "7372"})
-    assert body == {"id": "a1", "numberOfEmployees": 250, "sicCode": "7372"}
+    plan = build_plan(ACCOUNTS, ["id", "name", "numberOfEmployees", "sicCode"], None, UTC)
+    body, _ = plan.build(
+        0, {"id": "a1", "name": "A", "numberOfEmployees": "250", "sicCode": "7372"}
+    )
+    assert body == {"id": "a1", "name": "A", "numberOfEmployees": 250, "sicCode": "7372",
+                    "propertyKeys": [KEY]}
 
     options = Options(dt.timezone.utc, "AP-TEST00-2")
     mapping = MappingFile(types={"attributes.amount": "NUMBER"})
@@ -157,11 +216,14 @@ def test_accounts_numbers_and_events_attributes() -> None:
 
 
 def test_events_need_a_product_key_and_valid_user_type() -> None:
-    with pytest.raises(PlanError, match="PX_PRODUCT_KEY"):
-        build_plan(EVENTS, ["eventName", "identifyId"], None, UTC)
+    for schema, header in ((EVENTS, ["eventName", "identifyId"]), (USERS, ["identifyId"])):
+        with pytest.raises(PlanError, match="PX_PRODUCT_KEY"):
+            build_plan(schema, header, None, Options(tz=dt.timezone.utc))
     plan = build_plan(EVENTS, ["eventName", "identifyId", "userType"], None, Options(UTC.tz, "k"))
     _, problems = plan.build(0, {"eventName": "x", "identifyId": "u", "userType": "robot"})
-    assert problems == [("userType", "userType must be one of USER, LEAD, VISITOR")]
+    assert problems == [
+        ("userType", "userType must be one of LEAD, USER, VISITOR, EMPTY_USER_TYPE, got 'robot'")
+    ]
     _, problems = plan.build(0, {"eventName": "x", "userType": "lead"})
     assert problems == [("identifyId", "identifyId is required")]
 
@@ -216,13 +278,33 @@ def test_jsonl_objects_are_flattened_and_bad_lines_reported(tmp_path: Path) -> N
     path.write_text("\n".join(lines) + "\n")
     with Source(path) as source:
         assert source.format == "jsonl"
-        assert source.header == ["identifyId", "location.city", "score"]
+        # The union of every object's keys, not the first object's alone.
+        assert source.header == ["identifyId", "location.city", "score", "customAttributes.plan"]
         records = list(source.records())
     assert [r.row for r in records] == [1, 3, 4, 5]
     assert records[0].values == {"identifyId": "u1", "location.city": "Paris", "score": 3}
     assert records[1].problem is not None and records[1].problem.startswith("not JSON")
     assert records[2].problem == "not a JSON object"
     assert records[3].values == {"identifyId": "u2", "customAttributes.plan": "pro"}
+
+
+def test_undecodable_bytes_make_a_bad_record_naming_row_and_offset(tmp_path: Path) -> None:
+    path = tmp_path / "u.csv"
+    path.write_bytes(b"identifyId,lastName\nu1,Smith\nu2,M\xfcller\nu3,Ng\n")
+    with Source(path) as source:
+        records = list(source.records())
+    assert [r.values["identifyId"] for r in records] == ["u1", "u2", "u3"]
+    assert records[0].problem is None and records[2].problem is None
+    assert records[1].row == 3
+    assert records[1].problem is not None
+    # identifyId,lastName\n is 20 bytes, u1,Smith\n 9, "u2,M" 4: the 0xfc is byte 33.
+    assert "byte 0xfc at offset 33" in records[1].problem
+    assert "--encoding" in records[1].problem
+    with Source(path, encoding="cp1252") as source:
+        records = list(source.records())
+    assert records[1].problem is None and records[1].values["lastName"] == "Müller"
+    with pytest.raises(SourceError, match="not ASCII-compatible"):
+        Source(path, encoding="utf-16")
 
 
 def test_flatten_keeps_lists_as_values() -> None:
@@ -277,3 +359,26 @@ def test_state_file_round_trip_and_mismatch(tmp_path: Path) -> None:
     source.write_text("identifyId\nzz\n")
     with pytest.raises(StateError, match="different version"):
         StateFile(state.path, source, "users").load()
+
+
+# -- errors file -----------------------------------------------------------------------
+def test_errors_file_is_per_run_and_keeps_overlong_rows_whole(tmp_path: Path) -> None:
+    from px_middleware.tools.loader.errorfile import ErrorFile
+    from px_middleware.tools.loader.reader import Record
+
+    path = tmp_path / "u.errors.csv"
+    path.write_text("identifyId,error\nstale,from an earlier run\n")
+    errors = ErrorFile(path, "csv", ["identifyId", "email"], append=False)
+    assert not path.exists()  # an earlier run's failures are not this run's
+    errors.write(Record(0, 2, {}, ["u1", "a@x", "extra"], "row has 3 cells"), "row has 3 cells")
+    errors.write(Record(1, 3, {}, ["u2"], "bad"), "email is required")
+    errors.close()
+    assert path.read_text().splitlines() == [
+        "identifyId,email,error",
+        "u1,a@x,row has 3 cells,extra",  # the extra cell survives, after the reason
+        "u2,,email is required",
+    ]
+    again = ErrorFile(path, "csv", ["identifyId", "email", "error"], append=True)
+    again.write(Record(0, 2, {}, ["u2", "", "email is required"], None), "still bad")
+    again.close()
+    assert path.read_text().splitlines()[-1] == "u2,,still bad"

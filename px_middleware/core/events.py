@@ -18,7 +18,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from px_middleware.config import PXConfig
-from px_middleware.core.model import Identity, PXValue
+from px_middleware.core.model import Account, Identity, PXValue, User
+from px_middleware.core.pxmodel import FIELDS, KEYS, LOCATION_FIELDS, EntityName, rest_value
 from px_middleware.core.session import SessionState
 
 REDACTED = "[redacted]"
@@ -136,17 +137,38 @@ def _trusted(address: str, trusted: tuple[str, ...]) -> bool:
 
 
 def _rest_body(
-    attributes: dict[str, PXValue], defaults: frozenset[str], id_key: str, product_key: str
+    entity: EntityName,
+    subject: User | Account,
+    product_key: str,
+    on_error: Callable[[str, Exception], None] | None,
+    extra: Mapping[str, PXValue] = {},
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {id_key: attributes["id"], "propertyKeys": [product_key]}
-    custom = {}
+    """A REST user/account as PX's model has it: location nested, the rest custom.
+
+    Values PX would refuse or ignore (read-only fields, an enum it does not know, 3.5
+    where it wants an integer) go to ``on_error`` and are left out; the rest is sent.
+    """
+    attributes = {**subject.attributes(on_error), **extra}
+    table = FIELDS[entity]
+    defaults = subject.default_names()
+    body: dict[str, Any] = {KEYS[entity]: attributes.pop("id"), "propertyKeys": [product_key]}
+    location: dict[str, Any] = {}
+    custom: dict[str, PXValue] = {}
     for name, value in attributes.items():
-        if name == "id":
-            continue
-        if name in defaults:
-            body[name] = value
-        else:
+        if name not in defaults and name not in table:
             custom[name] = value
+            continue
+        nested = name in LOCATION_FIELDS
+        try:
+            value = rest_value(LOCATION_FIELDS[name] if nested else table[name], value)
+        except ValueError as exc:
+            if on_error is None:
+                raise
+            on_error(name, exc)
+            continue
+        (location if nested else body)[name] = value
+    if location:
+        body["location"] = location
     if custom:
         body["customAttributes"] = custom
     return body
@@ -157,20 +179,21 @@ def upsert_bodies(
     identity: Identity,
     on_error: Callable[[str, Exception], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """PX REST user and account objects (``identifyId``, ``customAttributes``, ...)."""
-    user_attrs = identity.user.attributes(on_error)
-    if identity.account is not None:
-        user_attrs.setdefault("accountId", identity.account.id)
-    user = _rest_body(user_attrs, identity.user.default_names(), "identifyId", config.product_key)
-    account = None
-    if identity.account is not None:
-        account = _rest_body(
-            identity.account.attributes(on_error),
-            identity.account.default_names(),
-            "id",
-            config.product_key,
-        )
-    return user, account
+    """PX REST user and account objects (``identifyId``, ``location``, ``customAttributes``).
+
+    An account without ``name`` is still sent: PX's PUT updates an existing account
+    without it, and the POST that would create a missing one is refused by PX (the
+    delivery logs and counts that drop).
+    """
+    account = identity.account
+    extra: dict[str, PXValue] = {}
+    if account is not None and identity.user.account_id is None:
+        extra["accountId"] = account.id
+    user = _rest_body("user", identity.user, config.product_key, on_error, extra)
+    account_body = None
+    if account is not None:
+        account_body = _rest_body("account", account, config.product_key, on_error)
+    return user, account_body
 
 
 def digest(user: Mapping[str, Any], account: Mapping[str, Any] | None) -> str:

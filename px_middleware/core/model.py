@@ -172,7 +172,12 @@ class _Subject:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class User(_Subject):
-    """A PX user. Python names map to PX API names (``first_name`` -> ``firstName``)."""
+    """A PX user. Python names map to PX API names (``first_name`` -> ``firstName``).
+
+    The fields and their PX types are in :mod:`px_middleware.core.pxmodel`. The browser
+    SDK takes every one of them flat; the REST body nests the location fields under
+    ``location`` and leaves out ``number_of_visits``, which is read-only there.
+    """
 
     email: str | None = None
     first_name: str | None = None
@@ -181,15 +186,27 @@ class User(_Subject):
     role: str | None = None
     phone: str | None = None
     gender: str | None = None
+    #: ``LEAD``, ``USER``, ``VISITOR`` or ``EMPTY_USER_TYPE`` (any case).
+    type: str | None = None
     account_id: str | None = None
     subscription_id: str | None = None
+    sfdc_contact_id: str | None = None
     score: float | None = None
+    global_unsubscribe: bool | None = None
+    #: Read-only in PX's REST API: sent to the browser SDK only.
     number_of_visits: int | None = None
     sign_up_date: dt.datetime | dt.date | None = None
     first_visit_date: dt.datetime | dt.date | None = None
     country_name: str | None = None
+    country_code: str | None = None
     state_name: str | None = None
+    state_code: str | None = None
     city: str | None = None
+    street: str | None = None
+    postal_code: str | None = None
+    continent: str | None = None
+    region_name: str | None = None
+    time_zone: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -205,11 +222,26 @@ class Account(_Subject):
     duns_number: str | None = None
     sic_code: str | None = None
     naics_code: str | None = None
+    parent_group_id: str | None = None
+    gs_id: str | None = None
+    csm: str | None = None
     number_of_employees: int | None = None
+    health_score: int | None = None
+    nps: float | None = None
+    renewal_date: dt.datetime | dt.date | None = None
+    last_seen_date: dt.datetime | dt.date | None = None
+    #: Read-only in PX's REST API: sent to the browser SDK only.
     number_of_users: int | None = None
     country_name: str | None = None
+    country_code: str | None = None
     state_name: str | None = None
+    state_code: str | None = None
     city: str | None = None
+    street: str | None = None
+    postal_code: str | None = None
+    continent: str | None = None
+    region_name: str | None = None
+    time_zone: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

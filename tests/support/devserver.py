@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -61,6 +61,8 @@ class DevServer:
         hash_field: str = "id",
         host: str = "127.0.0.1",
         startup_timeout: float = 20.0,
+        extra_args: Sequence[str] = (),
+        accept_event_lists: bool = True,
     ) -> None:
         self.db_path = Path(db_path)
         self.port = port
@@ -71,6 +73,9 @@ class DevServer:
         self.hash_encoding = hash_encoding
         self.hash_field = hash_field
         self.startup_timeout = startup_timeout
+        #: More ``devserver`` flags, e.g. ``["--attribute", "USER:seats=NUMBER"]``.
+        self.extra_args = list(extra_args)
+        self.accept_event_lists = accept_event_lists
         #: Exit code of the last process once stopped (0 after a clean SIGTERM).
         self.returncode: int | None = None
         self._process: subprocess.Popen[str] | None = None
@@ -120,6 +125,8 @@ class DevServer:
             "--rate-limit", str(self.rate_limit),
             "--hash-encoding", self.hash_encoding,
             "--hash-field", self.hash_field,
+            *self.extra_args,
+            "--accept-event-lists" if self.accept_event_lists else "--no-accept-event-lists",
         ]  # fmt: skip
 
     def start(self) -> None:
@@ -256,14 +263,20 @@ class DevServer:
 
     def requests(self) -> list[dict[str, Any]]:
         """REST calls received: ``method``, ``path``, ``query``, ``status`` (null when the
-        connection was dropped by a fault), ``ts`` (epoch ms)."""
+        connection was dropped by a fault), ``reason`` (why the stand-in refused it, or
+        null), ``ts`` (epoch ms)."""
         result: list[dict[str, Any]] = self._get("/_control/requests")
         return result
 
     def faults(self, **plan: Any) -> None:
         """Replace the fault plan: ``fail_next``, ``status``, ``retry_after``,
-        ``latency_ms``, ``close_next``; no arguments clears it."""
+        ``latency_ms``, ``close_next``, ``slow_path``/``slow_ms``/``slow_next``; no
+        arguments clears it."""
         self._check(self.client.post("/_control/faults", json=plan))
+
+    def declare_attributes(self, **entities: dict[str, str]) -> None:
+        """Declare custom attributes, e.g. ``USER={"seats": "NUMBER"}``."""
+        self._check(self.client.post("/_control/attributes", json=entities))
 
     def reset(self) -> None:
         """Wipe all stored data, faults and the rate limiter's state."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -14,12 +14,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from px_middleware.config import HashEncoding
-from px_middleware.tools.devserver.api import api_routes
+from px_middleware.tools.devserver.api import CustomAttributes, api_routes
 from px_middleware.tools.devserver.control import control_routes
 from px_middleware.tools.devserver.dashboard import render_dashboard
 from px_middleware.tools.devserver.errors import ApiError, error_response
 from px_middleware.tools.devserver.faults import Faults
-from px_middleware.tools.devserver.gate import ApiGate, TokenBucket, is_api_path
+from px_middleware.tools.devserver.gate import REASON_KEY, ApiGate, RateLimit, is_api_path
 from px_middleware.tools.devserver.sdk import sdk_routes
 from px_middleware.tools.devserver.store import Store
 
@@ -36,6 +36,8 @@ def create_app(
     hash_encoding: HashEncoding = "hex",
     hash_field: str = "id",
     rate_limit: float = DEFAULT_RATE_LIMIT,
+    attributes: Mapping[str, Mapping[str, str]] | None = None,
+    accept_event_lists: bool = True,
 ) -> ASGIApp:
     """The whole stand-in as one ASGI app; the SQLite store closes on lifespan shutdown."""
     if hash_field not in ("id", "email"):
@@ -46,7 +48,8 @@ def create_app(
         raise ValueError("api_key and hmac_secret must be non-empty")
     store = Store(db_path)
     faults = Faults()
-    bucket = TokenBucket(rate_limit)
+    bucket = RateLimit(rate_limit)
+    custom = CustomAttributes(attributes)
     subtitle = (
         f"db {store.path} · userHash of {hash_field} ({hash_encoding}) · "
         f"rate limit {rate_limit:g}/s"
@@ -60,12 +63,14 @@ def create_app(
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
+        request.scope[REASON_KEY] = "; ".join(exc.messages)
         return error_response(exc)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         # Unknown /v1 routes and wrong methods answer in PX's error shape too.
         assert isinstance(exc, HTTPException)
         if is_api_path(request.url.path):
+            request.scope[REASON_KEY] = exc.detail
             return error_response(ApiError(exc.status_code, exc.detail, exc.headers))
         return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
 
@@ -77,8 +82,8 @@ def create_app(
             store.close()
 
     routes = [
-        *api_routes(store),
-        *control_routes(store, faults, bucket),
+        *api_routes(store, custom, accept_event_lists=accept_event_lists),
+        *control_routes(store, faults, bucket, custom),
         *sdk_routes(
             store, hmac_secret=hmac_secret, hash_field=hash_field, hash_encoding=hash_encoding
         ),

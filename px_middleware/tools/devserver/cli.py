@@ -40,7 +40,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rate-limit", type=float, default=DEFAULT_RATE_LIMIT, help="API requests per second"
     )
+    parser.add_argument(
+        "--attribute",
+        action="append",
+        default=[],
+        metavar="USER|ACCOUNT:NAME=TYPE",
+        help="declare a custom attribute for /v1/admin/model/.../attributes, e.g. "
+        "USER:seats=NUMBER (repeatable; types STRING, NUMBER, BOOLEAN, DATE_TIME)",
+    )
+    parser.add_argument(
+        "--accept-event-lists",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="take a list of events in one POST (PX documents one event per request)",
+    )
     return parser
+
+
+def parse_attributes(values: list[str]) -> dict[str, dict[str, str]]:
+    """``["USER:seats=NUMBER"]`` -> ``{"USER": {"seats": "NUMBER"}}``; ValueError if malformed."""
+    declared: dict[str, dict[str, str]] = {}
+    for value in values:
+        entity, _, rest = value.partition(":")
+        name, _, kind = rest.partition("=")
+        if entity.upper() not in ("USER", "ACCOUNT") or not name or not kind:
+            raise ValueError(f"--attribute {value!r}: use USER:name=TYPE or ACCOUNT:name=TYPE")
+        declared.setdefault(entity.upper(), {})[name] = kind.upper()
+    return declared
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -64,6 +90,11 @@ def main(argv: list[str]) -> int:
         print("--rate-limit must be positive", file=sys.stderr)
         return 2
     try:
+        attributes = parse_attributes(args.attribute)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
         from px_middleware.tools.devserver.server import serve
     except ImportError:
         print("the devserver needs uvicorn: pip install uvicorn", file=sys.stderr)
@@ -82,6 +113,8 @@ def main(argv: list[str]) -> int:
         hash_encoding=args.hash_encoding,
         hash_field=args.hash_field,
         rate_limit=args.rate_limit,
+        attributes=attributes,
+        accept_event_lists=args.accept_event_lists,
     )
     print(f"REST API {url}/v1 (X-APTRINSIC-API-KEY: {args.api_key})", file=sys.stderr)
     print(f"web SDK {url}/api/aptrinsic.js · dashboard {url}/", file=sys.stderr)

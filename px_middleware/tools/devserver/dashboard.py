@@ -220,9 +220,10 @@ def _requests(requests: list[dict[str, Any]]) -> str:
         rows.append(
             f'<tr><td class="time">{esc(_clock(request["ts"]))}</td>'
             f"<td>{esc(request['method'])}</td><td><code>{esc(target)}</code></td>"
-            f'<td><span class="status {badge}">{esc(status or "closed")}</span></td></tr>'
+            f'<td><span class="status {badge}">{esc(status or "closed")}</span></td>'
+            f'<td class="reason">{esc(request.get("reason") or "")}</td></tr>'
         )
-    return _table(("time", "method", "path", "status"), rows, "No REST calls yet.")
+    return _table(("time", "method", "path", "status", "reason"), rows, "No REST calls yet.")
 
 
 def render_dashboard(store: Store, *, subtitle: str) -> str:

@@ -1,4 +1,6 @@
-"""PX's error body, ``{"externalapierror": {"status": ..., "subErrors": [...]}}``.
+"""PX's error body: ``{"externalapierror": {"status", "message", "subErrors"}}``.
+
+``status`` is the name of the HTTP status (``NOT_FOUND``), as PX sends it, not its number.
 
 Every error the stand-in answers uses this shape, so client code that parses PX's
 messages (to log why an event was dropped) is exercised against the real format.
@@ -6,6 +8,7 @@ messages (to log why an event was dropped) is exercised against the real format.
 
 from __future__ import annotations
 
+import http
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,10 +27,19 @@ class ApiError(Exception):
         super().__init__(f"{status}: {'; '.join(self.messages)}")
 
 
+def status_name(status: int) -> str:
+    """``404`` -> ``"NOT_FOUND"``; an unknown code keeps its number as text."""
+    try:
+        return http.HTTPStatus(status).name
+    except ValueError:
+        return str(status)
+
+
 def error_body(status: int, messages: Sequence[str]) -> dict[str, Any]:
     return {
         "externalapierror": {
-            "status": status,
+            "status": status_name(status),
+            "message": "; ".join(messages) or status_name(status),
             "subErrors": [{"message": message} for message in messages],
         }
     }

@@ -26,6 +26,11 @@ class FaultPlan:
     #: The next N API requests get their connection closed without any response;
     #: these come before ``fail_next`` ones.
     close_next: int = 0
+    #: The next ``slow_next`` requests whose path is exactly ``slow_path`` (one id's
+    #: ``/v1/users/u7``, say) are answered ``slow_ms`` late; the others are not.
+    slow_path: str | None = None
+    slow_ms: float = 0
+    slow_next: int = 0
 
     @classmethod
     def from_json(cls, body: Any) -> FaultPlan:
@@ -37,7 +42,7 @@ class FaultPlan:
             raise ApiError(400, f"unknown fault fields {unknown}; known: {sorted(known)}")
         plan = cls(**body)
         errors = []
-        for name in ("fail_next", "close_next"):
+        for name in ("fail_next", "close_next", "slow_next"):
             value = getattr(plan, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 errors.append(f"{name} must be an integer >= 0")
@@ -50,9 +55,12 @@ class FaultPlan:
             or (not isinstance(retry, str) and retry < 0)
         ):
             errors.append("retry_after must be null, seconds >= 0 or an HTTP date string")
-        latency = plan.latency_ms
-        if isinstance(latency, bool) or not isinstance(latency, (int, float)) or latency < 0:
-            errors.append("latency_ms must be a number >= 0")
+        for name in ("latency_ms", "slow_ms"):
+            value = getattr(plan, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                errors.append(f"{name} must be a number >= 0")
+        if plan.slow_path is not None and not isinstance(plan.slow_path, str):
+            errors.append("slow_path must be a request path such as /v1/users/u7")
         if errors:
             raise ApiError(400, errors)
         return plan
@@ -81,6 +89,16 @@ class Faults:
     def set(self, plan: FaultPlan) -> None:
         with self._lock:
             self._plan = plan
+
+    def delay_for(self, path: str) -> float:
+        """Seconds to hold a request to ``path`` before answering it (latency + slow)."""
+        with self._lock:
+            plan = self._plan
+            delay = plan.latency_ms
+            if plan.slow_next and path == plan.slow_path:
+                self._plan = dataclasses.replace(plan, slow_next=plan.slow_next - 1)
+                delay += plan.slow_ms
+            return delay / 1000
 
     def take(self) -> Literal["close"] | Failure | None:
         """What to do to the request arriving now."""

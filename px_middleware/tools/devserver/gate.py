@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import threading
-import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from px_middleware.delivery.ratelimit import TokenBucket
 from px_middleware.tools.devserver.errors import ApiError, error_response
 from px_middleware.tools.devserver.faults import Failure, Faults
 from px_middleware.tools.devserver.store import Store
@@ -23,31 +22,22 @@ from px_middleware.tools.devserver.store import Store
 API_KEY_HEADER = b"x-aptrinsic-api-key"
 
 
-class TokenBucket:
-    """``rate`` requests per second on average, bursts of up to ``rate`` at once."""
+class RateLimit:
+    """The stand-in's PX-like limit: the library's own token bucket, renewed on reset."""
 
     def __init__(self, rate: float) -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive (requests per second)")
         self.rate = rate
-        self.capacity = max(1.0, rate)
-        self._lock = threading.Lock()
         self.refill()
 
     def refill(self) -> None:
-        with self._lock:
-            self._tokens = self.capacity
-            self._last = time.monotonic()
+        self._bucket = TokenBucket(self.rate)
 
     def try_acquire(self) -> bool:
-        with self._lock:
-            now = time.monotonic()
-            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
-                return True
-            return False
+        return self._bucket.try_acquire() == 0.0
+
+
+#: Where a handler leaves why it refused a request, for the request log and dashboard.
+REASON_KEY = "px_devserver.reason"
 
 
 def is_api_path(path: str) -> bool:
@@ -56,7 +46,7 @@ def is_api_path(path: str) -> bool:
 
 class ApiGate:
     def __init__(
-        self, app: ASGIApp, *, store: Store, faults: Faults, bucket: TokenBucket, api_key: str
+        self, app: ASGIApp, *, store: Store, faults: Faults, bucket: RateLimit, api_key: str
     ) -> None:
         self.app = app
         self.store = store
@@ -80,12 +70,13 @@ class ApiGate:
             await self._gate(scope, receive, recording_send, send)
         finally:
             query = scope.get("query_string", b"").decode("latin-1")
-            self.store.log_request(scope["method"], scope["path"], query, status)
+            reason = scope.get(REASON_KEY)
+            self.store.log_request(scope["method"], scope["path"], query, status, reason)
 
     async def _gate(self, scope: Scope, receive: Receive, send: Send, server_send: Send) -> None:
-        latency = self.faults.plan.latency_ms
-        if latency:
-            await asyncio.sleep(latency / 1000)
+        delay = self.faults.delay_for(scope["path"])
+        if delay:
+            await asyncio.sleep(delay)
         fault = self.faults.take()
         if fault == "close":
             await _drop_connection(receive, server_send)
@@ -103,6 +94,7 @@ class ApiGate:
                 {"Retry-After": "1"},
             )
         if error is not None:
+            scope[REASON_KEY] = "; ".join(error.messages)
             await error_response(error)(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS requests (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     method TEXT NOT NULL, path TEXT NOT NULL, query TEXT NOT NULL,
     status INTEGER,                -- NULL: the connection was closed without a response
+    reason TEXT,                   -- why the stand-in refused it (its error messages)
     ts INTEGER NOT NULL
 );
 """
@@ -229,23 +230,33 @@ class Store:
         ]
 
     # -- REST request log -----------------------------------------------------------
-    def log_request(self, method: str, path: str, query: str, status: int | None) -> None:
+    def log_request(
+        self, method: str, path: str, query: str, status: int | None, reason: str | None = None
+    ) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO requests (method, path, query, status, ts) VALUES (?, ?, ?, ?, ?)",
-                (method, path, query, status, now_ms()),
+                "INSERT INTO requests (method, path, query, status, reason, ts)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (method, path, query, status, reason, now_ms()),
             )
 
     def list_requests(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Logged REST calls, oldest first; ``limit`` keeps the newest ones."""
         rows = self._query(
-            "SELECT * FROM (SELECT seq, method, path, query, status, ts FROM requests"
+            "SELECT * FROM (SELECT seq, method, path, query, status, reason, ts FROM requests"
             " ORDER BY seq DESC LIMIT ?) ORDER BY seq",
             (-1 if limit is None else limit,),
         )
         return [
-            {"method": method, "path": path, "query": query, "status": status, "ts": ts}
-            for _, method, path, query, status, ts in rows
+            {
+                "method": method,
+                "path": path,
+                "query": query,
+                "status": status,
+                "reason": reason,
+                "ts": ts,
+            }
+            for _, method, path, query, status, reason, ts in rows
         ]
 
     def reset(self) -> None:

@@ -19,7 +19,8 @@ import httpx
 
 from px_middleware.config import API_HOSTS, LOCAL_BASE_URL
 from px_middleware.delivery.ratelimit import TokenBucket
-from px_middleware.rest import PXAPIError, PXAuthError, PXRestClient
+from px_middleware.delivery.retry import classify
+from px_middleware.rest import PXAPIError, PXRestClient
 from px_middleware.tools.loader.errorfile import ErrorFile, default_path
 from px_middleware.tools.loader.fields import KINDS, SCHEMAS, Kind, Schema
 from px_middleware.tools.loader.mapping import (
@@ -33,7 +34,7 @@ from px_middleware.tools.loader.mapping import (
 from px_middleware.tools.loader.progress import Counts, Progress
 from px_middleware.tools.loader.reader import Source, SourceError
 from px_middleware.tools.loader.runner import Loader, Reporter, Settings, dry_run
-from px_middleware.tools.loader.sender import Gate, LimitedTransport, UnitSender
+from px_middleware.tools.loader.sender import Fatal, Gate, LimitedTransport, UnitSender
 from px_middleware.tools.loader.state import StateError, StateFile
 from px_middleware.tools.loader.values import ATTR_TYPES, AttrType, timezone
 
@@ -82,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-file", type=Path, help="read the API key from this file")
     p.add_argument("--product-key", help="product key for propertyKeys (default: PX_PRODUCT_KEY)")
     p.add_argument("--timezone", default="UTC", help="zone of dates without an offset (UTC)")
+    p.add_argument(
+        "--encoding",
+        default="utf-8",
+        help="text encoding of the file (utf-8; e.g. cp1252 for Excel on Windows)",
+    )
     p.add_argument("--errors", type=Path, help="errors file (default: <file>.errors.csv)")
     p.add_argument(
         "--resume",
@@ -126,25 +132,16 @@ def run(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: Text
         raise UsageError(str(exc)) from None
     mapping = _load_mapping(args.map)
     product_key = args.product_key or env.get("PX_PRODUCT_KEY") or None
-    options = Options(tz=tz, product_key=product_key)
+    if not product_key:  # PX requires it on every create: check before any request
+        raise UsageError("set PX_PRODUCT_KEY (or pass --product-key): PX requires it")
+    options = Options(tz=tz, product_key=product_key, create=args.mode == "upsert")
+    api_key = _api_key(args, env, required=not args.dry_run)
 
     try:
-        source = Source(args.file)
+        source = Source(args.file, encoding=args.encoding)
     except SourceError as exc:
         raise UsageError(str(exc)) from None
     with source:
-        if args.dry_run:
-            plan = _plan(schema, source, mapping, options, None, err)
-            counts = dry_run(source, plan, args.mode, out, Reporter(str(args.file), err))
-            print(
-                f"px load: dry run of {args.file}: {counts.skipped:,} rows valid, "
-                f"{counts.failed:,} invalid; nothing was sent",
-                file=err,
-            )
-            return EXIT_FAILED_ROWS if counts.failed else EXIT_OK
-
-        api_key = _api_key(args, env)
-        base_url = _base_url(args, env)
         gate = Gate()
         limiter = TokenBucket(args.rate)
         transport = LimitedTransport(
@@ -156,10 +153,29 @@ def run(args: argparse.Namespace, env: Mapping[str, str], out: TextIO, err: Text
             limiter,
             gate,
         )
-        with PXRestClient(base_url, api_key, transport=transport) as client:
-            remote = fetch_types(client, schema, err)
+        base_url = _base_url(args, env)
+        with PXRestClient(base_url, api_key or "-", transport=transport) as client:
+            sender = UnitSender(client, kind, args.mode, gate)
+            # The dry run reads the same metadata, so it judges rows as the real run will.
+            remote = fetch_types(sender, schema, err) if api_key else None
+            if api_key is None:
+                print(
+                    "px load: warning: no PX_API_KEY: the dry run uses built-in types and the "
+                    "mapping's [types] only, and the real run may judge custom attributes "
+                    "differently",
+                    file=err,
+                )
             plan = _plan(schema, source, mapping, options, remote, err)
-            return _load(args, source, plan, UnitSender(client, kind, args.mode, gate), err)
+            if args.dry_run:
+                reporter = Reporter(str(args.file), err)
+                counts = dry_run(source, plan, args.mode, out, reporter)
+                print(
+                    f"px load: dry run of {args.file}: {counts.skipped:,} rows valid, "
+                    f"{counts.failed:,} invalid; nothing was sent",
+                    file=err,
+                )
+                return EXIT_FAILED_ROWS if counts.failed else EXIT_OK
+            return _load(args, source, plan, sender, err)
 
 
 def _load(
@@ -239,7 +255,9 @@ def _load_mapping(path: Path | None) -> MappingFile | None:
         raise UsageError("\n  ".join(exc.problems)) from None
 
 
-def _api_key(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+def _api_key(
+    args: argparse.Namespace, env: Mapping[str, str], *, required: bool
+) -> str | None:
     if args.api_key_file is not None:
         try:
             key: str = args.api_key_file.read_text(encoding="utf-8").strip()
@@ -247,9 +265,9 @@ def _api_key(args: argparse.Namespace, env: Mapping[str, str]) -> str:
             raise UsageError(f"cannot read {args.api_key_file}: {exc.strerror}") from None
     else:
         key = env.get("PX_API_KEY", "").strip()
-    if not key:
+    if not key and required:
         raise UsageError("set PX_API_KEY (or pass --api-key-file) to load into PX")
-    return key
+    return key or None
 
 
 def _base_url(args: argparse.Namespace, env: Mapping[str, str]) -> str:
@@ -266,28 +284,35 @@ def _base_url(args: argparse.Namespace, env: Mapping[str, str]) -> str:
     return API_HOSTS[center]
 
 
-def fetch_types(client: PXRestClient, schema: Schema, err: TextIO) -> dict[str, AttrType] | None:
-    """Attribute types from PX's metadata, or ``None`` when PX does not answer.
+def fetch_types(sender: UnitSender, schema: Schema, err: TextIO) -> dict[str, AttrType] | None:
+    """Custom attribute types from PX's metadata, read with the load's retry policy.
 
-    A wrong API key is reported here, before any row is sent.
+    A wrong API key is reported here, before any row is sent. PX unreachable after the
+    retries stops the load: guessing the types would retype every custom attribute.
     """
     if schema.metadata_entity is None:
         return None
     path = f"/admin/model/{schema.metadata_entity}/attributes"
     try:
-        body: Any = client.request("GET", path).json()
-    except PXAuthError as exc:
-        raise UsageError(f"PX rejected the API key ({exc})") from None
-    except (PXAPIError, httpx.HTTPError, ValueError) as exc:
-        print(
-            f"px load: warning: attribute types not available from PX ({_short(exc)}); "
-            "using built-in types and the mapping's [types]",
-            file=err,
-        )
-        return None
+        body: Any = sender.call(lambda: sender.client.request("GET", path)).json()
+    except Fatal as exc:
+        raise UsageError(str(exc)) from None
+    except (PXAPIError, httpx.HTTPError) as exc:
+        if isinstance(exc, PXAPIError) and classify(exc.status) == "drop":
+            print(
+                f"px load: warning: PX has no attribute metadata ({_short(exc)}); custom "
+                "attributes are text unless the mapping's [types] says otherwise",
+                file=err,
+            )
+            return None
+        raise UsageError(
+            f"cannot read attribute types from PX ({_short(exc)}); nothing was sent, "
+            "try again later"
+        ) from None
+    except ValueError:
+        body = None
     if not isinstance(body, list):
-        print("px load: warning: unexpected attribute metadata from PX; ignored", file=err)
-        return None
+        raise UsageError("unexpected attribute metadata from PX; nothing was sent")
     types: dict[str, AttrType] = {}
     for item in body:
         if isinstance(item, dict) and isinstance(item.get("apiName"), str):

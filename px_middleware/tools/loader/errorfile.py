@@ -2,8 +2,9 @@
 
 It has the input's format and columns, so fixing the listed rows and loading this file
 again is the whole retry workflow; the loader ignores an ``error`` column when mapping.
-The file is only created when a record fails, and each line is flushed before the
-record counts as finished for ``--resume``.
+The file belongs to one run: a run that is not ``--resume`` removes the file an
+earlier run left (so a clean run leaves none), and it is only created when a record
+fails. Each line is flushed before the record counts as finished for ``--resume``.
 """
 
 from __future__ import annotations
@@ -32,16 +33,24 @@ class ErrorFile:
         self._writerow: Callable[[list[str]], object] | None = None
         # Re-loading an errors file must not grow a second error column.
         self._header = list(header)
-        if ERROR_COLUMN not in self._header:
+        self._replaces = ERROR_COLUMN in self._header
+        if not self._replaces:
             self._header.append(ERROR_COLUMN)
         self._error_index = self._header.index(ERROR_COLUMN)
+        if not append:
+            path.unlink(missing_ok=True)  # an earlier run's failures are not this run's
 
     def write(self, record: Record, message: str) -> None:
         f = self._open()
         if self.format == "csv":
             cells = list(record.raw) if isinstance(record.raw, list) else [str(record.raw)]
-            cells += [""] * (len(self._header) - len(cells))
-            cells[self._error_index] = message
+            index = self._error_index
+            if self._replaces:  # the old message of a re-loaded errors file
+                cells += [""] * (len(self._header) - len(cells))
+                cells[index] = message
+            else:  # cells beyond the header (a row too long) are kept after the message
+                cells += [""] * (index - len(cells))
+                cells.insert(index, message)
             assert self._writerow is not None
             self._writerow(cells)
         else:

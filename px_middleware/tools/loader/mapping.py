@@ -34,7 +34,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from px_middleware.tools.loader.fields import EVENT_USER_TYPES, Schema
+from px_middleware.core.pxmodel import Field, body_errors, rest_value
+from px_middleware.tools.loader.fields import Schema
 from px_middleware.tools.loader.values import (
     ATTR_TYPES,
     AttrType,
@@ -118,6 +119,8 @@ class Column:
     name: str
     target: tuple[str, ...]  # "location.coordinates.latitude" split on dots
     type: AttrType
+    #: The PX field, for its enum and integer rules; ``None`` for custom attributes.
+    field: Field | None = None
 
     @property
     def path(self) -> str:
@@ -130,6 +133,8 @@ class Options:
 
     tz: dt.tzinfo
     product_key: str | None = None
+    #: Whether rows may create records (then PX's required-on-create fields are needed).
+    create: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,11 +156,18 @@ class Plan:
                 continue
             try:
                 value = convert(raw, column.type, self.options.tz)
-            except ValueProblem as exc:
+                if column.field is not None:
+                    # Enum in PX's case (female -> FEMALE); 3.5 is not an int64.
+                    value = rest_value(column.field, value)
+            except (ValueProblem, ValueError) as exc:
                 problems.append((column.name, str(exc)))
                 continue
             _put(body, column.target, value)
         self._complete(ordinal, body, problems)
+        if not problems:
+            # The same judgement as the stand-in's (and PX's): nothing PX would refuse.
+            for message in body_errors(self.schema.entity, body, create=self.options.create):
+                problems.append((self._column_for(message.split(" ", 1)[0]), message))
         return body, problems
 
     def _complete(
@@ -170,12 +182,7 @@ class Plan:
             if self.options.product_key:
                 body["propertyKeys"] = [self.options.product_key]
             return
-        user_type = str(body.get("userType", "USER")).upper()
-        if user_type not in EVENT_USER_TYPES:
-            problems.append(
-                (self._column_for("userType"), "userType must be one of USER, LEAD, VISITOR")
-            )
-        body["userType"] = user_type
+        body.setdefault("userType", "USER")  # rows without one are identified users
         if self.options.product_key:
             body["propertyKey"] = self.options.product_key
         if "eventId" not in body and not problems:
@@ -203,9 +210,9 @@ def build_plan(
 ) -> Plan:
     """Resolve which column feeds which field with which type, or list every problem.
 
-    ``remote_types`` comes from PX's attribute metadata (API name → type). Precedence:
-    the mapping file's ``[types]``, then PX's metadata, then the built-in defaults.
-    The key field (``identifyId``/``id``) is always text.
+    ``remote_types`` comes from PX's attribute metadata (API name → type). PX's own
+    fields have the model's types; a custom attribute takes the mapping file's
+    ``[types]``, then PX's metadata, then text.
     """
     mapping = mapping or MappingFile()
     present = set(header)
@@ -223,12 +230,22 @@ def build_plan(
                 f"column {column!r} maps to {target!r}, which is not a PX {schema.kind} field; "
                 f"known: {schema.describe()}"
             )
+        elif schema.read_only(target):
+            problems.append(
+                f"column {column!r} maps to {target!r}, which is read-only in PX: PX would "
+                "ignore every value; map another field or list the column under ignore"
+            )
         else:
             targets[column] = target
     for column in header:
         if column in mapping.columns or column in mapping.ignore:
             continue
-        if schema.default_type(column) is not None:
+        if schema.read_only(column):
+            problems.append(
+                f"column {column!r} is {column!r}, which is read-only in PX: PX would ignore "
+                "every value; list the column under ignore"
+            )
+        elif schema.default_type(column) is not None:
             targets[column] = column
         elif column != ERROR_COLUMN:
             warnings.append(f"column {column!r} is not mapped to a PX field and is ignored")
@@ -248,13 +265,21 @@ def build_plan(
             f"no column maps to {schema.key!r}, the key of every {schema.kind[:-1]}; "
             f"name a column {schema.key!r} or map one in [columns]"
         )
-    if schema.kind == "events" and not options.product_key:
-        problems.append("events need a product key: set PX_PRODUCT_KEY or --product-key")
+    if not options.product_key:
+        field = "propertyKey" if schema.kind == "events" else "propertyKeys"
+        problems.append(
+            f"PX needs a product key ({field}): set PX_PRODUCT_KEY or --product-key"
+        )
     if problems:
         raise PlanError(problems)
 
     columns = tuple(
-        Column(name, tuple(path.split(".")), _resolve_type(schema, path, mapping, remote_types))
+        Column(
+            name,
+            tuple(path.split(".")),
+            _resolve_type(schema, path, mapping, remote_types),
+            schema.field(path),
+        )
         for name, path in targets.items()
     )
     return Plan(schema, columns, options, tuple(warnings))
@@ -268,13 +293,11 @@ def _resolve_type(
 ) -> AttrType:
     default = schema.default_type(path)
     assert default is not None  # build_plan only resolves valid paths
-    if path == schema.key:
-        return "STRING"
+    if schema.field(path) is not None:
+        return default  # PX's own fields have PX's types, whatever else says
     if path in mapping.types:
         return mapping.types[path]
-    if remote:
-        head, _, rest = path.partition(".")
-        api_name = rest if head == schema.custom_prefix else (path if not rest else None)
-        if api_name is not None and api_name in remote:
-            return remote[api_name]
+    name = path.partition(".")[2]
+    if remote and name in remote:
+        return remote[name]
     return default

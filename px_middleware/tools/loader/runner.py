@@ -1,34 +1,45 @@
 """The load itself: read, validate, send concurrently, record every outcome.
 
 The main thread streams the file and builds request bodies; a few worker threads send
-them. Memory stays flat whatever the file size because each worker has a small
-bounded queue: the reader blocks when PX is slower than the file.
+them, each taking the next unit any worker may send. Memory stays flat whatever the
+file size because the pending units are bounded: the reader blocks when PX is slower
+than the file.
 
-Rows for the same user or account always go to the same worker, in file order, so a
-file that updates one id twice applies the updates in order. Each finished unit
-updates the counters, the errors file and the resume state together under one lock,
-and the state is saved right then, so a kill at any moment loses at most the requests
-that were in flight.
+Rows for the same user or account are sent one at a time, in file order (a key is
+"busy" while one of its rows is pending or in flight; its later rows wait beside it),
+so a file that updates one id twice applies the updates in order. A slow or retrying
+row holds only its own id and its worker: the other workers go on with other ids.
+
+Each finished unit updates the counters, the errors file and the resume tracker under
+one lock. The state file is saved at most ``SAVE_EVERY`` seconds or ``SAVE_ROWS`` rows
+apart (and at the end), not after every row. A kill therefore re-sends at most those
+rows on ``--resume``, which is harmless for users and accounts: an upsert of a row PX
+already has finds it and updates it (PUT), never a second create. Events have no such
+guard, so after an acknowledged events batch the state is saved at once.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
-import queue
 import threading
+import time
 from typing import Any, TextIO
 
 from px_middleware.tools.loader.errorfile import ErrorFile
 from px_middleware.tools.loader.mapping import Plan
 from px_middleware.tools.loader.progress import Counts
-from px_middleware.tools.loader.reader import Record, Source
+from px_middleware.tools.loader.reader import Record, Source, SourceError
 from px_middleware.tools.loader.sender import Fatal, Mode, Outcome, Stopped, UnitSender
 from px_middleware.tools.loader.state import AckTracker, StateFile
 
 #: Row problems printed to stderr before the rest only go to the errors file.
 MAX_REPORTED = 20
-_QUEUE_UNITS = 8
+#: Units waiting to be sent, per worker, before the reader blocks.
+_PENDING_PER_WORKER = 16
+SAVE_EVERY = 1.0
+SAVE_ROWS = 500
 
 Unit = list[tuple[Record, dict[str, Any]]]
 
@@ -96,6 +107,69 @@ def dry_run(source: Source, plan: Plan, mode: Mode, out: TextIO, reporter: Repor
     return counts
 
 
+class WorkPool:
+    """Pending units for any worker, with per-key order: one unit of a key at a time."""
+
+    def __init__(self, limit: int) -> None:
+        lock = threading.Lock()
+        # Two conditions on one lock: a finished unit wakes one worker and the reader,
+        # not every thread (which would only fight over the GIL).
+        self._has_work = threading.Condition(lock)
+        self._has_room = threading.Condition(lock)
+        self._limit = limit
+        self._pending = 0
+        self._ready: collections.deque[tuple[str | None, Unit]] = collections.deque()
+        #: Keys with a unit ready or in flight -> their later units, in file order.
+        self._waiting: dict[str, collections.deque[Unit]] = {}
+        self._closed = False
+
+    def put(self, key: str | None, unit: Unit, stop: threading.Event) -> bool:
+        """Queue a unit, waiting while too many are pending; ``False`` once stopped."""
+        with self._has_room:
+            while self._pending >= self._limit:
+                if stop.is_set():
+                    return False
+                self._has_room.wait(0.2)
+            self._pending += 1
+            if key is not None and key in self._waiting:
+                self._waiting[key].append(unit)
+            else:
+                if key is not None:
+                    self._waiting[key] = collections.deque()
+                self._ready.append((key, unit))
+                self._has_work.notify()
+            return True
+
+    def take(self) -> tuple[str | None, Unit] | None:
+        """The next unit that may be sent now, or ``None`` when closed and drained."""
+        with self._has_work:
+            while not self._ready:
+                if self._closed and not self._pending:
+                    return None
+                self._has_work.wait()
+            return self._ready.popleft()
+
+    def done(self, key: str | None) -> None:
+        """A unit of ``key`` finished: its next unit (if any) may go."""
+        with self._has_work:
+            self._pending -= 1
+            if key is not None:
+                later = self._waiting[key]
+                if later:
+                    self._ready.append((key, later.popleft()))
+                    self._has_work.notify()
+                else:
+                    del self._waiting[key]
+            if self._closed and not self._pending:
+                self._has_work.notify_all()  # idle workers may end now
+            self._has_room.notify()
+
+    def close(self) -> None:
+        with self._has_work:
+            self._closed = True
+            self._has_work.notify_all()
+
+
 class Loader:
     def __init__(
         self,
@@ -121,10 +195,9 @@ class Loader:
         self._tracker = AckTracker()
         self._fatal: str | None = None
         self._crash: BaseException | None = None
-        self._queues: list[queue.Queue[Unit | None]] = [
-            queue.Queue(_QUEUE_UNITS) for _ in range(settings.workers)
-        ]
-        self._next_queue = 0
+        self._pool = WorkPool(_PENDING_PER_WORKER * settings.workers)
+        self._saved_at = time.monotonic()
+        self._unsaved = 0
 
     # -- main thread ----------------------------------------------------------------------
     def run(self) -> Result:
@@ -136,22 +209,23 @@ class Loader:
         self._tracker = AckTracker(start, done)
         result = Result(self.counts, resumed_from=start)
         threads = [
-            threading.Thread(target=self._work, args=(q,), name=f"px-load-{i}", daemon=True)
-            for i, q in enumerate(self._queues)
+            threading.Thread(target=self._work, name=f"px-load-{i}", daemon=True)
+            for i in range(self.settings.workers)
         ]
         for t in threads:
             t.start()
         try:
-            self._feed(start)
-            for q in self._queues:
-                self._put(q, None)
+            try:
+                self._feed(start)
+            except SourceError as exc:  # the file broke mid-way: finish what was sent
+                self._fatal = str(exc)
+            self._pool.close()
             for t in threads:
                 t.join()
         except KeyboardInterrupt:
             result.interrupted = True
             self._gate.stop.set()
-            for q in self._queues:  # workers drain their queues without sending
-                self._put(q, None)
+            self._pool.close()  # workers drain the pool without sending
             for t in threads:  # in-flight requests finish and are recorded
                 t.join()
         finally:
@@ -182,7 +256,7 @@ class Loader:
                 self.reporter.row(record, problem)
                 with self._lock:
                     self._record(record, Outcome("failed", problem), report=False)
-                    self.state.save(self._tracker)
+                    self._maybe_save()
                 continue
             if batch_size == 1:
                 self._submit([(record, body)])
@@ -201,48 +275,53 @@ class Loader:
         return max(1, self.settings.batch_size) if self.settings.mode == "upsert" else 1
 
     def _submit(self, unit: Unit) -> None:
+        key = None
         if len(unit) == 1 and self.plan.schema.kind != "events":
-            # Same key, same worker: updates to one id are applied in file order.
             key = str(unit[0][1].get(self.plan.schema.key))
-            q = self._queues[hash(key) % len(self._queues)]
-        else:
-            q = self._queues[self._next_queue]
-            self._next_queue = (self._next_queue + 1) % len(self._queues)
-        self._put(q, unit)
-
-    def _put(self, q: queue.Queue[Unit | None], item: Unit | None) -> None:
-        while True:
-            try:
-                q.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                if self._gate.stop.is_set() and item is not None:
-                    return
+        self._pool.put(key, unit, self._gate.stop)
 
     # -- workers --------------------------------------------------------------------------
-    def _work(self, q: queue.Queue[Unit | None]) -> None:
-        while True:
-            unit = q.get()
-            if unit is None:
-                return
-            if self._gate.stop.is_set():
-                continue  # drain without sending; these rows stay unacknowledged
+    def _work(self) -> None:
+        while (taken := self._pool.take()) is not None:
+            key, unit = taken
             try:
-                outcomes = self._send(unit)
-            except Stopped:
-                continue
-            except Fatal as exc:
-                self._fatal = str(exc)
-                self._gate.stop.set()
-                continue
-            except BaseException as exc:  # a bug: stop cleanly, re-raise in the main thread
-                self._crash = exc
-                self._gate.stop.set()
-                continue
-            with self._lock:
-                for (record, _), outcome in zip(unit, outcomes, strict=True):
-                    self._record(record, outcome)
-                self.state.save(self._tracker)
+                self._work_on(unit)
+            finally:
+                self._pool.done(key)
+
+    def _work_on(self, unit: Unit) -> None:
+        if self._gate.stop.is_set():
+            return  # drain without sending; these rows stay unacknowledged
+        try:
+            outcomes = self._send(unit)
+        except Stopped:
+            return
+        except Fatal as exc:
+            self._fatal = str(exc)
+            self._gate.stop.set()
+            return
+        except BaseException as exc:  # a bug: stop cleanly, re-raise in the main thread
+            self._crash = exc
+            self._gate.stop.set()
+            return
+        with self._lock:
+            for (record, _), outcome in zip(unit, outcomes, strict=True):
+                self._record(record, outcome)
+            if self.plan.schema.kind == "events":
+                self._save()  # a re-sent event could be a duplicate: never re-send one
+            else:
+                self._maybe_save()
+
+    def _maybe_save(self) -> None:
+        """Save the state if it is ``SAVE_EVERY`` seconds or ``SAVE_ROWS`` rows old."""
+        self._unsaved += 1
+        if self._unsaved >= SAVE_ROWS or time.monotonic() - self._saved_at >= SAVE_EVERY:
+            self._save()
+
+    def _save(self) -> None:
+        self.state.save(self._tracker)
+        self._saved_at = time.monotonic()
+        self._unsaved = 0
 
     def _send(self, unit: Unit) -> list[Outcome]:
         bodies = [body for _, body in unit]

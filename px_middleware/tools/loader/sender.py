@@ -1,37 +1,26 @@
-"""Send one unit of work (a row, or a batch of rows) to PX with the sender's policies.
+"""Send one unit of work (a row, or a batch of rows) to PX with the package's policies.
 
-Rate limiting and retries are the delivery package's, not a second copy: every HTTP
-request takes a slot from the :class:`~px_middleware.delivery.ratelimit.RateLimiter`
-(in the transport, so an upsert's PUT and POST each count), and failures are judged
-by :func:`~px_middleware.delivery.retry.classify` with waits from
-:func:`~px_middleware.delivery.retry.retry_delay` (``Retry-After`` honoured).
-
-A 429 pauses every worker, not only the one that got it: the limit is per
-subscription, so the other workers would only collect 429s of their own. Rate
-limiting never fails a row by itself (only after ``RATE_LIMIT_PATIENCE`` seconds of
-nothing but 429s); other retryable failures give up after ``MAX_RETRIES`` retries and
-the row goes to the errors file.
+Retries, backoff and the shared 429 pause are :func:`px_middleware.delivery.retry.call`,
+the one retry loop the middleware's delivery uses too. Rate limiting is the delivery
+package's token bucket, taken in the transport so that an upsert's PUT and POST each
+count. A 429 pauses every worker, not only the one that got it (``retry.PAUSE``).
+Rate limiting never fails a row by itself (only after ``RATE_LIMIT_PATIENCE`` seconds
+of nothing but 429s); other retryable failures give up after ``MAX_RETRIES`` retries
+and the row goes to the errors file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import httpx
 
+from px_middleware.delivery import retry
 from px_middleware.delivery.ratelimit import RateLimiter
-from px_middleware.delivery.retry import classify, retry_delay
-from px_middleware.rest import (
-    PXAPIError,
-    PXAuthError,
-    PXNotFound,
-    PXRateLimited,
-    PXRestClient,
-)
+from px_middleware.rest import PXAPIError, PXAuthError, PXNotFound, PXRestClient
 
 T = TypeVar("T")
 Result = Literal["created", "updated", "skipped", "failed"]
@@ -55,6 +44,17 @@ class Outcome:
     message: str = ""
 
 
+class Gate:
+    """Shared between workers and the transport: the signal that the load is stopping."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+
+    def sleep(self, seconds: float) -> None:
+        if self.stop.wait(seconds):
+            raise Stopped
+
+
 class LimitedTransport(httpx.BaseTransport):
     """Takes a rate-limiter slot before each request, waiting interruptibly."""
 
@@ -64,7 +64,8 @@ class LimitedTransport(httpx.BaseTransport):
         self.gate = gate
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.gate.wait_turn()
+        if self.gate.stop.is_set():
+            raise Stopped
         while (wait := self._limiter.try_acquire()) > 0.0:
             self.gate.sleep(wait)
         return self._inner.handle_request(request)
@@ -73,31 +74,8 @@ class LimitedTransport(httpx.BaseTransport):
         self._inner.close()
 
 
-class Gate:
-    """Shared between workers: the stop signal and the "PX said slow down" pause."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self._lock = threading.Lock()
-        self._paused_until = 0.0
-
-    def sleep(self, seconds: float) -> None:
-        if self.stop.wait(seconds):
-            raise Stopped
-
-    def pause(self, seconds: float) -> None:
-        with self._lock:
-            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
-
-    def wait_turn(self) -> None:
-        if self.stop.is_set():
-            raise Stopped
-        while (left := self._paused_until - time.monotonic()) > 0:
-            self.sleep(left)
-
-
-def describe(exc: BaseException) -> str:
-    if isinstance(exc, PXAPIError):
+def describe(exc: BaseException | None) -> str:
+    if exc is None or isinstance(exc, PXAPIError):
         return str(exc)
     return f"network error: {type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
@@ -106,41 +84,28 @@ class UnitSender:
     """The operations of a load, each wrapped in the retry policy."""
 
     def __init__(self, client: PXRestClient, kind: str, mode: Mode, gate: Gate) -> None:
+        self.client = client
         self._client = client
         self._kind = kind
         self._mode = mode
         self.gate = gate
 
     def call(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` until it succeeds, cannot succeed (raises), or we give up (raises)."""
-        retries = 0
-        first = time.monotonic()
-        while True:
-            try:
-                return fn()
-            except PXAuthError as exc:
-                raise Fatal(f"PX rejected the API key ({exc})") from None
-            except PXRateLimited as exc:
-                status: int | None = 429
-                retry_after: float | None = exc.retry_after
-                error: Exception = exc
-            except PXAPIError as exc:
-                status, retry_after, error = exc.status, None, exc
-            except httpx.TransportError as exc:
-                status, retry_after, error = None, None, exc
-            if classify(status) != "retry":
-                raise error
-            if status == 429:
-                if time.monotonic() - first > RATE_LIMIT_PATIENCE:
-                    raise error
-                delay = retry_delay(min(retries + 1, 8), retry_after)
-                self.gate.pause(delay)
-            else:
-                retries += 1
-                if retries > MAX_RETRIES:
-                    raise error
-                delay = retry_delay(retries)
-            self.gate.sleep(delay)
+        """Run ``fn`` through the shared retry loop; its value, or raise why not."""
+        outcome = retry.call(
+            lambda timeout: fn(),
+            attempts=MAX_RETRIES + 1,
+            stop=self.gate.stop,
+            patience=RATE_LIMIT_PATIENCE,
+        )
+        if outcome.status == "ok":
+            return outcome.value  # type: ignore[return-value]
+        if outcome.status == "stopped":
+            raise Stopped
+        if isinstance(outcome.error, PXAuthError):
+            raise Fatal(f"PX rejected the API key ({outcome.error})")
+        assert outcome.error is not None
+        raise outcome.error
 
     # -- units ------------------------------------------------------------------------
     def send_one(self, body: dict[str, Any]) -> Outcome:
@@ -151,7 +116,7 @@ class UnitSender:
             client = self._client
             upsert = client.upsert_user if self._kind == "users" else client.upsert_account
             return Outcome(self.call(lambda: upsert(body)))
-        except (PXAPIError, httpx.TransportError) as exc:
+        except (PXAPIError, httpx.HTTPError) as exc:
             return Outcome("failed", describe(exc))
 
     def _update(self, body: dict[str, Any]) -> Outcome:
@@ -172,7 +137,7 @@ class UnitSender:
         path = f"/{self._kind}"
         try:
             self.call(lambda: self._client.request("POST", path, json=list(bodies)))
-        except (PXAPIError, httpx.TransportError) as exc:
+        except (PXAPIError, httpx.HTTPError) as exc:
             if not _refused(exc):  # PX is down, not the batch: its rows fail together
                 return [Outcome("failed", describe(exc))] * len(bodies)
             return [self.send_one(body) for body in bodies]
@@ -183,7 +148,7 @@ class UnitSender:
         the bad events fail and each gets PX's message for it."""
         try:
             self.call(lambda: self._client.send_events(list(events)))
-        except (PXAPIError, httpx.TransportError) as exc:
+        except (PXAPIError, httpx.HTTPError) as exc:
             if len(events) == 1 or not _refused(exc):
                 return [Outcome("failed", describe(exc))] * len(events)
             return [self.send_events([event])[0] for event in events]
@@ -192,4 +157,4 @@ class UnitSender:
 
 def _refused(exc: Exception) -> bool:
     """PX looked at the request and said no (a 4xx other than 429): its content is bad."""
-    return isinstance(exc, PXAPIError) and classify(exc.status) == "drop"
+    return isinstance(exc, PXAPIError) and retry.classify(exc.status) == "drop"

@@ -5,7 +5,7 @@ here rejects anything it cannot read unambiguously (``"1,000"``, ``"NaN"``, ``"y
 an 8-digit number as a date) and says why in a message meant for the person fixing
 the file. Cells arrive as strings from CSV and as JSON scalars from JSONL.
 
-Date rule (documented in docs/bulk-load.md):
+Date rule (the README's "Bulk load" section states it for users):
 
 * all digits, exactly 10 of them: epoch **seconds**; exactly 13: epoch **milliseconds**;
   any other all-digit value is rejected as ambiguous (``20240102``, ``1700000000000000``);
