@@ -9,7 +9,6 @@ from the model document, not from the implementation.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import pytest
 from px_middleware import Account, Identity, PXConfig, User
 from px_middleware.core.counters import Counters
 from px_middleware.core.events import upsert_bodies
-from px_middleware.core.request import RequestInfo
+from px_middleware.core.exchange import Exchange
 from px_middleware.core.tracking import Tracker
 from px_middleware.delivery import Delivery
 from px_middleware.rest import PXAPIError, PXRestClient
@@ -118,6 +117,35 @@ def test_every_field_of_user_and_account_upserts_is_accepted(
     assert server.accounts()[0]["healthScore"] == 80 and server.accounts()[0]["nps"] == 42.5
 
 
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+PAGE = b"<!doctype html><html><head><title>t</title></head><body>hi</body></html>"
+
+
+def visit(tracker: Tracker, headers: dict[str, str], identity: Identity | None,
+          status: int = 200) -> str | None:
+    """One page through the core ``Exchange`` as a driver runs it; the cookie it set."""
+    exchange = Exchange(
+        tracker.config, tracker.counters, method="GET", path="/pricing",
+        header=lambda name: headers.get(name.lower()), path_allowed=lambda path: True,
+        query="a=1", scheme="https", host="app.test", client="10.0.0.1", tracker=tracker,
+    )
+    assert exchange.active
+    assert exchange.accepts(status, [("Content-Type", "text/html")])
+    if exchange.begin(identity):
+        exchange.feed(PAGE)
+        exchange.close()
+    cookies = [v for n, v in exchange.headers() if n.lower() == "set-cookie"]
+    exchange.finish()
+    return cookies[0].split(";")[0] if cookies else None
+
+
 def test_every_event_the_middleware_emits_is_accepted(
     server: DevServer, api: httpx.Client
 ) -> None:
@@ -128,26 +156,27 @@ def test_every_event_the_middleware_emits_is_accepted(
         return True
 
     cfg = config(server, send_remote_host=True, track_anonymous=True)
-    tracker = Tracker(cfg, Counters(), capture)
+    clock = Clock(1_714_521_600.0)
+    tracker = Tracker(cfg, Counters(), capture, clock=clock)
     headers = {"user-agent": "Mozilla/5.0", "referer": "https://ref.test/?q=1"}
-    request = RequestInfo("GET", "/pricing", headers.get, "a=1", "https", "app.test", "10.0.0.1")
-    visit = tracker.visit(request, Identity(FULL_USER, FULL_ACCOUNT), now=1_714_521_600.0)
-    tracker.page_view(request, visit, status=200, duration_ms=12)
-    cookie = tracker.cookie_header(visit.state, secure=True).split(";")[0]
-    later = dict(headers, cookie=cookie)
-    # An hour later, anonymous: the old session ends (timeout), a visitor session starts.
-    again = dataclasses.replace(request, header=later.get)
-    tracker.page_view(again, tracker.visit(again, None, now=1_714_525_200.0), status=404,
-                      duration_ms=3)
+    identity = Identity(FULL_USER, FULL_ACCOUNT)
+    cookie = visit(tracker, headers, identity)
+    assert cookie is not None
+    # An hour later, the same user: the old session ends (timeout), a new one starts.
+    clock.now += 3600
+    visit(tracker, dict(headers, cookie=cookie), identity)
+    # A new browser, anonymous: a visitor's session.
+    visit(tracker, headers, None)
     events = [body for kind, body in captured if kind == "event"]
     names = [e["eventName"] for e in events]
     assert names == [cfg.session_start_event, cfg.page_view_event, cfg.session_end_event,
+                     cfg.session_start_event, cfg.page_view_event,
                      cfg.session_start_event, cfg.page_view_event]
     for event in events:
         assert api.post("/events/custom", json=event).status_code == 201, event
     upserts = [body for kind, body in captured if kind in ("user", "account")]
     assert len(upserts) == 2
-    assert len(server.events()) == 5
+    assert len(server.events()) == 7
     assert {e["userType"] for e in server.events()} == {"USER", "VISITOR"}
 
 
@@ -286,10 +315,9 @@ def test_read_only_and_off_model_values_are_logged_counted_drops(
 ) -> None:
     counters = Counters()
     tracker = Tracker(config(server), counters, lambda kind, body: True)
-    request = RequestInfo("GET", "/", lambda name: None)
     user = User("u", number_of_visits=3, score=3.5, gender="robot", email="e@x.io")
     with caplog.at_level(logging.WARNING, logger="px_middleware"):
-        tracker.visit(request, Identity(user), now=1_714_521_600.0)
+        visit(tracker, {"user-agent": "Mozilla/5.0"}, Identity(user))
     assert counters.snapshot()["attributes_dropped"] == 3
     text = caplog.text
     assert "numberOfVisits" in text and "read-only" in text

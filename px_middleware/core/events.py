@@ -139,16 +139,16 @@ def _trusted(address: str, trusted: tuple[str, ...]) -> bool:
 def _rest_body(
     entity: EntityName,
     subject: User | Account,
+    attributes: dict[str, PXValue],
     product_key: str,
     on_error: Callable[[str, Exception], None] | None,
-    extra: Mapping[str, PXValue] = {},
 ) -> dict[str, Any]:
     """A REST user/account as PX's model has it: location nested, the rest custom.
 
     Values PX would refuse or ignore (read-only fields, an enum it does not know, 3.5
     where it wants an integer) go to ``on_error`` and are left out; the rest is sent.
     """
-    attributes = {**subject.attributes(on_error), **extra}
+    attributes = dict(attributes)
     table = FIELDS[entity]
     defaults = subject.default_names()
     body: dict[str, Any] = {KEYS[entity]: attributes.pop("id"), "propertyKeys": [product_key]}
@@ -178,21 +178,34 @@ def upsert_bodies(
     config: PXConfig,
     identity: Identity,
     on_error: Callable[[str, Exception], None] | None = None,
+    *,
+    coerced: tuple[dict[str, PXValue], dict[str, PXValue] | None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """PX REST user and account objects (``identifyId``, ``location``, ``customAttributes``).
+
+    ``coerced``: the user's and account's ``attributes()`` when the caller has them
+    already (the middleware coerces once per request), so only the REST model's own
+    refusals reach ``on_error`` here.
 
     An account without ``name`` is still sent: PX's PUT updates an existing account
     without it, and the POST that would create a missing one is refused by PX (the
     delivery logs and counts that drop).
     """
     account = identity.account
-    extra: dict[str, PXValue] = {}
+    if coerced is None:
+        coerced = (
+            identity.user.attributes(on_error),
+            None if account is None else account.attributes(on_error),
+        )
+    user_attributes, account_attributes = coerced
     if account is not None and identity.user.account_id is None:
-        extra["accountId"] = account.id
-    user = _rest_body("user", identity.user, config.product_key, on_error, extra)
+        user_attributes = {**user_attributes, "accountId": account.id}
+    user = _rest_body("user", identity.user, user_attributes, config.product_key, on_error)
     account_body = None
-    if account is not None:
-        account_body = _rest_body("account", account, config.product_key, on_error)
+    if account is not None and account_attributes is not None:
+        account_body = _rest_body(
+            "account", account, account_attributes, config.product_key, on_error
+        )
     return user, account_body
 
 

@@ -450,8 +450,13 @@ class Exchange:
         fingerprint = self._snippets.digest(key) if self._snippets else _digest(key)
         if fingerprint == state.digest:
             return state
-        # Errors were counted when the attributes were coerced: not twice.
-        user_body, account_body = upsert_bodies(self._config, identity, on_error=_ignore)
+        # Coerced once for this request (its errors counted then); only the REST model's
+        # own refusals (read-only, enum, integer) are new here.
+        assert self._user is not None
+        user_body, account_body = upsert_bodies(
+            self._config, identity, on_error=self._upsert_error,
+            coerced=(self._user, self._account),
+        )
         accepted = tracker.capture("user", user_body)
         if account_body is not None:
             accepted = tracker.capture("account", account_body) and accepted
@@ -532,6 +537,10 @@ class Exchange:
         if key is None:
             key = self._ikey = (_key(self._user), _key(self._account))
         return key
+
+    def _upsert_error(self, name: str, exc: Exception) -> None:
+        self._counters.incr("attributes_dropped")
+        log.warning("px_middleware: attribute %r not upserted: %s", name, exc)
 
     def _attribute_error(self, name: str, exc: Exception) -> None:
         self._counters.incr("attributes_dropped")
