@@ -128,7 +128,8 @@ class Outbox(Protocol):
         ...
 
     def stats(self) -> dict[str, int]:
-        """``stored``, ``claimed``, ``parked`` (waiting for ``retry_at``) and ``dead``."""
+        """``stored``, ``claimed``, ``parked`` (waiting for ``retry_at``), ``settling``
+        (too new to claim yet, see 1.) and ``dead``."""
         ...
 
     def dead(self, limit: int = 100) -> list[DeadItem]:
@@ -326,6 +327,7 @@ class MemoryOutbox:
                 "stored": len(self._live),
                 "claimed": len(self._claimed),
                 "parked": len(self._parked),
+                "settling": 0,
                 "dead": len(self._dead),
             }
 
@@ -640,13 +642,19 @@ class SQLiteOutbox:
     def stats(self) -> dict[str, int]:
         now = self._clock()
         with self._lock:
-            stored, claimed, parked = self._db.execute(
+            stored, claimed, parked, settling = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(lease_until > ?), 0),"
-                " COALESCE(SUM(retry_at > ?), 0) FROM px_outbox",
-                (now, now),
+                " COALESCE(SUM(retry_at > ?), 0), COALESCE(SUM(created > ?), 0) FROM px_outbox",
+                (now, now, now - self.settle),
             ).fetchone()
             (dead,) = self._db.execute("SELECT COUNT(*) FROM px_dead").fetchone()
-        return {"stored": stored, "claimed": claimed, "parked": parked, "dead": dead}
+        return {
+            "stored": stored,
+            "claimed": claimed,
+            "parked": parked,
+            "settling": settling,
+            "dead": dead,
+        }
 
     def dead(self, limit: int = 100) -> list[DeadItem]:
         with self._lock:

@@ -514,7 +514,10 @@ class Delivery:
                 return False
         outbox = self._outbox
         assert outbox is not None
-        return not outbox.durable or outbox.stats()["claimed"] == 0
+        if not outbox.durable:
+            return True
+        stats = outbox.stats()  # anyone's item in flight, or too new to send yet: wait
+        return stats["claimed"] == 0 and stats["settling"] == 0
 
     def _claim(self) -> int:
         room = self._claim_cap - self._claimed
