@@ -37,6 +37,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -454,6 +455,12 @@ class SQLiteOutbox:
                     raise
                 time.sleep(0.02)
         self._reap_dead_owners()
+        ref = weakref.ref(self)
+        os.register_at_fork(
+            before=lambda: _quiesce(ref, True),
+            after_in_parent=lambda: _quiesce(ref, False),
+            after_in_child=lambda: _quiesce(ref, None),
+        )
 
     def _set_up(self) -> None:
         with self._lock:
@@ -718,6 +725,25 @@ class SQLiteOutbox:
             return
         with self._lock:
             self._db.close()
+
+
+def _quiesce(ref: weakref.ref[SQLiteOutbox], before: bool | None) -> None:
+    """Hold the connection idle across ``fork()`` (gunicorn ``--preload``).
+
+    SQLite keeps per-process lock bookkeeping for each file; a child forked while a
+    thread of the parent was inside a statement inherits that bookkeeping without the
+    locks, and every connection it opens to the file can then fail with "database is
+    locked" for good. Taking the handle's lock before the fork means no statement runs.
+    """
+    box = ref()
+    if box is None:
+        return
+    if before:
+        box._lock.acquire()
+    elif before is None:
+        box._lock = threading.Lock()  # the child's copy is held; it never uses this one
+    else:
+        box._lock.release()
 
 
 def _item(row: Any) -> Item:
