@@ -130,7 +130,6 @@ class Delivery:
         self._max_events = config.max_queue_events
         self._outbox_given = outbox
         self._fork_of: Outbox | None = None
-        self._notices = Notices(log)
         self._init_state()
         os.register_at_fork(after_in_child=_fork_hook(self))
         if config.outbox_path or (outbox is not None and outbox.durable):
@@ -139,6 +138,9 @@ class Delivery:
     def _init_state(self) -> None:
         """Everything a process owns alone: rebuilt from scratch in a forked child."""
         self._pid = os.getpid()
+        # Its lock too: a parent's thread may hold it at fork(), and a child that waits
+        # for it would never store or send anything.
+        self._notices = Notices(log)
         self._buffer: collections.deque[tuple[str, Any, float]] = collections.deque()
         self._start_lock = threading.Lock()
         self._lock = threading.Lock()
