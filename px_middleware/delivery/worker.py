@@ -48,7 +48,7 @@ LOG_INTERVAL = 30.0
 RENEW_INTERVAL = 10.0
 #: Seconds a stored item waits before it may be sent, so that an earlier item of its
 #: key that another process stores a little later still goes first. See ``outbox``.
-SETTLE = 1.0
+SETTLE = 2.0
 #: Seconds to keep trying to open the outbox (another process may hold it locked).
 OPEN_PATIENCE = 15.0
 DROP_REASONS = ("overflow", "rejected", "auth", "invalid", "closed", "shutdown", "dead")
@@ -130,7 +130,6 @@ class Delivery:
         self._max_events = config.max_queue_events
         self._outbox_given = outbox
         self._fork_of: Outbox | None = None
-        self._notices = Notices(log)
         self._init_state()
         os.register_at_fork(after_in_child=_fork_hook(self))
         if config.outbox_path or (outbox is not None and outbox.durable):
@@ -139,6 +138,9 @@ class Delivery:
     def _init_state(self) -> None:
         """Everything a process owns alone: rebuilt from scratch in a forked child."""
         self._pid = os.getpid()
+        # Its lock too: a parent's thread may hold it at fork(), and a child that waits
+        # for it would never store or send anything.
+        self._notices = Notices(log)
         self._buffer: collections.deque[tuple[str, Any, float]] = collections.deque()
         self._start_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -514,7 +516,10 @@ class Delivery:
                 return False
         outbox = self._outbox
         assert outbox is not None
-        return not outbox.durable or outbox.stats()["claimed"] == 0
+        if not outbox.durable:
+            return True
+        stats = outbox.stats()  # anyone's item in flight, or too new to send yet: wait
+        return stats["claimed"] == 0 and stats["settling"] == 0
 
     def _claim(self) -> int:
         room = self._claim_cap - self._claimed
