@@ -214,7 +214,7 @@ class Exporter:
 
 def _describe_error(error: BaseException | None) -> str:
     if error is None:
-        return "gave up"
+        return "no time left before the deadline"
     if isinstance(error, PXAPIError):
         return str(error)
     text = str(error)
