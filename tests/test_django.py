@@ -170,19 +170,13 @@ def bare_and_wrapped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
             yield bare, wrapped
 
 
-REDIRECT_COOKIE = pytest.mark.xfail(
-    strict=True, reason="the core tracks a 3xx text/html response (Django's redirects): it "
-    "gets the px_session cookie, though DESIGN.md says redirects are not page views")
-
-
 BROWSER_HEADERS = {"User-Agent": USER_AGENT, "Accept": "text/html", "Sec-Fetch-Dest": "document",
                    "Sec-Fetch-Mode": "navigate"}
 
 
 @pytest.mark.parametrize("target", [
     "/static/style.css", "/static/admin/css/base.css", "/api/me", "/t/exempt",
-    "/t/exempt-here", pytest.param("/me/", marks=REDIRECT_COOKIE),
-    pytest.param("/admin/", marks=REDIRECT_COOKIE),
+    "/t/exempt-here", "/me/", "/admin/",
 ])
 def test_static_json_redirects_and_files_are_byte_identical_to_bare(
     bare_and_wrapped: tuple[Server, Server], target: str

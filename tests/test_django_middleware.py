@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import django
@@ -248,20 +248,65 @@ async def _async_chunks() -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _body(response: StreamingHttpResponse) -> list[bytes]:
-    if response.is_async:
-        async def collect() -> list[bytes]:
-            return [chunk async for chunk in response.streaming_content]
+def middleware_for(original: Any, mode: str, **px: Any) -> PXMiddleware:
+    """A sync (WSGI) or an async (ASGI) ``PXMiddleware`` over a view returning ``original``."""
+    if mode == "sync":
+        return middleware(lambda request: original, **px)
 
-        out = asyncio.run(collect())
-    else:
-        out = list(response.streaming_content)
-    response.close()
-    return out
+    async def view(request: HttpRequest) -> Any:
+        return original
+
+    return middleware(view, **px)
 
 
-@pytest.mark.parametrize("source", [_sync_chunks, _async_chunks], ids=["sync", "async"])
-def test_streamed_bodies_are_wrapped_lazily_chunk_by_chunk(source: Any) -> None:
+def serve(mw: PXMiddleware, body: list[bytes],
+          at_start: Callable[[Any], None] | None = None) -> Any:
+    """One request through ``mw``, its body read into ``body`` as the server would:
+    under ASGI in the same event loop. ``at_start(response)`` sees the response as the
+    middleware returned it."""
+    async def drain(response: Any) -> None:
+        if response.is_async:
+            async for chunk in response.streaming_content:
+                body.append(chunk)
+        else:
+            body.extend(response.streaming_content)
+
+    async def run() -> Any:
+        response = await mw(browser_get())
+        if at_start is not None:
+            at_start(response)
+        try:
+            await drain(response)
+        finally:
+            response.close()
+        return response
+
+    if mw.is_async:
+        return asyncio.run(run())
+    response = mw(browser_get())
+    if at_start is not None:
+        at_start(response)
+    try:
+        if response.is_async:  # under WSGI Django drains an async body in a loop of its own
+            asyncio.run(drain(response))
+        else:
+            body.extend(response.streaming_content)
+    finally:
+        response.close()
+    return response
+
+
+#: (body, middleware): the sync body under WSGI, the async one under ASGI, and a sync
+#: body under ASGI (a sync view's), which Django itself consumes in its sync thread.
+STREAMS = pytest.mark.parametrize(("source", "mode"), [
+    (_sync_chunks, "sync"), (_async_chunks, "async"), (_sync_chunks, "async"),
+], ids=["sync", "async", "sync-under-async"])
+
+
+@STREAMS
+def test_streamed_bodies_hold_the_head_until_decided_then_pass_chunk_by_chunk(
+    source: Any, mode: str,
+) -> None:
     pulled: list[int] = []
 
     def counting() -> Any:
@@ -279,26 +324,84 @@ def test_streamed_bodies_are_wrapped_lazily_chunk_by_chunk(source: Any) -> None:
         return async_gen()
 
     original = StreamingHttpResponse(counting(), content_type="text/html")
-    response = middleware(lambda request: original)(browser_get())
-    assert response is original and pulled == []  # nothing read at response start
-    assert response["Cache-Control"] == "private" and not response.has_header("Content-Length")
-    out = _body(response)
+    held: list[int] = []
+
+    def at_start(response: Any) -> None:
+        # The head is final when the response is returned: the chunks up to </head>
+        # were read for it, and nothing more.
+        assert response is original and response.is_async is (source is _async_chunks)
+        assert response["Cache-Control"] == "private"
+        assert not response.has_header("Content-Length")
+        held.extend(pulled)
+
+    out: list[bytes] = []
+    serve(middleware_for(original, mode), out, at_start)
+    assert held == [0, 1, 2]
     body = b"".join(out)
     assert SNIPPET.sub(b"", body) == b"".join(CHUNKS) and len(SNIPPET.findall(body)) == 1
-    # Held only until the injector decided (after </head>'s chunk), then one out per chunk.
+    # The held chunks go out injected, as one; then one out per chunk, as the app made it.
     assert out[1:] == CHUNKS[3:]
 
 
-@pytest.mark.parametrize("source", [_sync_chunks, _async_chunks], ids=["sync", "async"])
-def test_an_error_mid_stream_still_sends_every_byte_of_the_app(
-    monkeypatch: pytest.MonkeyPatch, source: Any,
+def test_an_async_body_under_sync_middleware_is_sent_as_is() -> None:
+    # Django serves it under WSGI by consuming it whole in an event loop of its own:
+    # reading part of it here, in another loop, is not safe for the app's generator.
+    original = StreamingHttpResponse(_async_chunks(), content_type="text/html")
+    before = list(original.items())
+    body: list[bytes] = []
+    mw = middleware_for(original, "sync")
+    response = serve(mw, body)
+    assert response is original and response.is_async
+    assert list(response.items()) == before
+    assert b"".join(body) == b"".join(CHUNKS)
+    assert mw.counters.snapshot()["skipped"] == 1
+
+
+@STREAMS
+def test_an_error_of_ours_while_the_head_is_held_still_sends_every_byte_of_the_app(
+    monkeypatch: pytest.MonkeyPatch, source: Any, mode: str,
 ) -> None:
     original = StreamingHttpResponse(source(), content_type="text/html")
-    mw = middleware(lambda request: original)
-    response = mw(browser_get())
+    before = list(original.items())
     monkeypatch.setattr(Injector, "feed", _broken)
-    assert b"".join(_body(response)) == b"".join(CHUNKS)
+    body: list[bytes] = []
+    mw = middleware_for(original, mode)
+    response = serve(mw, body)
+    assert response is original and list(response.items()) == before
+    assert b"".join(body) == b"".join(CHUNKS)
     assert mw.counters.snapshot()["errors"] == 1
+
+
+def _sync_broken_body() -> Iterator[bytes]:
+    yield CHUNKS[0]
+    raise RuntimeError("the app's bug")
+
+
+async def _async_broken_body() -> AsyncIterator[bytes]:
+    yield CHUNKS[0]
+    raise RuntimeError("the app's bug")
+
+
+@pytest.mark.parametrize(("source", "mode"), [
+    (_sync_broken_body, "sync"), (_async_broken_body, "async"), (_sync_broken_body, "async"),
+], ids=["sync", "async", "sync-under-async"])
+def test_the_apps_error_while_the_head_is_held_is_raised_where_it_would_be_without_us(
+    source: Any, mode: str,
+) -> None:
+    # Without us Django returns the response and the server meets the error mid-body,
+    # after the head and the first chunk: not a 500 page from the middleware.
+    original = StreamingHttpResponse(source(), content_type="text/html")
+    before = list(original.items())
+    mw = middleware_for(original, mode)
+    got: list[bytes] = []
+
+    def at_start(response: Any) -> None:
+        assert response is original and list(response.items()) == before
+
+    with pytest.raises(RuntimeError, match="the app's bug"):
+        serve(mw, got, at_start)
+    assert got == [CHUNKS[0]]
+    assert "errors" not in mw.counters.snapshot()  # the app's error, not ours
 
 
 def test_a_file_response_is_untouched() -> None:
@@ -339,11 +442,16 @@ def test_content_length_and_etag_follow_the_new_body() -> None:
     assert SNIPPET.sub(b"", response.content) == PAGE
 
 
-def test_streamed_with_content_length_is_left_alone() -> None:
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_streamed_with_content_length_gets_it_recomputed(mode: str) -> None:
+    # The head waits for the injector's decision, so its length can follow the body.
     original = StreamingHttpResponse(iter([PAGE]), content_type="text/html")
     original["Content-Length"] = str(len(PAGE))
-    response = middleware(lambda request: original)(browser_get())
-    assert b"".join(response.streaming_content) == PAGE
+    out: list[bytes] = []
+    response = serve(middleware_for(original, mode), out)
+    body = b"".join(out)
+    assert int(response["Content-Length"]) == len(body) > len(PAGE)
+    assert SNIPPET.sub(b"", body) == PAGE
 
 
 def test_json_is_the_same_object_untouched() -> None:

@@ -4,7 +4,9 @@ Django picks the mode: with an async handler below it (ASGI) it runs as a corout
 and never blocks the event loop (``request.auser()``, a sync ``PX_IDENTIFY`` hook in
 Django's sync thread); under WSGI it is a plain function. Either way the response is
 translated by ``DjangoExchange``, and any exception of ours gives the app's response
-back unchanged (logged, counted in ``errors``).
+back unchanged (logged, counted in ``errors``). A streamed page's first chunks are read
+here, before the response is returned, until the snippet's place is known (at most
+64 KiB): the head cannot change once Django has sent it.
 
 Place it near the top of ``MIDDLEWARE``: after ``GZipMiddleware`` (we never
 decompress), ``SecurityMiddleware`` and whitenoise, and before django-csp's
@@ -32,7 +34,7 @@ from django.http.response import HttpResponseBase
 
 from px_middleware.config import PXConfig
 from px_middleware.core.counters import Counters
-from px_middleware.core.exchange import SEEN_KEY
+from px_middleware.core.exchange import SEEN_KEY, Snippets
 from px_middleware.core.model import Identity
 from px_middleware.delivery import tracker_for
 from px_middleware.django.response import DjangoExchange
@@ -77,6 +79,7 @@ class PXMiddleware:
         self.config = load_config()
         self.counters = Counters()
         self.tracker = tracker_for(self.config, self.counters)
+        self.snippets = Snippets()
         self._path_allowed = self.config.path_allowed()
         self.who = Who()
         # Django adapts a sync hook to an async handler in a thread; give it the right one.
@@ -98,10 +101,10 @@ class PXMiddleware:
                 identity = self.who.identify(request)
             except Exception as exc:
                 return self._identify_failed(page, response, exc)
-            return page.respond(request, response, identity, nonce_of(request))
         except Exception:
             page.failed("deciding at response start")
             return response
+        return page.respond(request, response, identity, nonce_of(request))
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         page = self._start(request)
@@ -115,10 +118,10 @@ class PXMiddleware:
                 identity: Identity | None = await self.who.aidentify(request)
             except Exception as exc:
                 return self._identify_failed(page, response, exc)
-            return page.respond(request, response, identity, nonce_of(request))
         except Exception:
             page.failed("deciding at response start")
             return response
+        return await page.arespond(request, response, identity, nonce_of(request))
 
     # -- internals ------------------------------------------------------------------
     def _start(self, request: HttpRequest) -> DjangoExchange | None:
@@ -128,7 +131,7 @@ class PXMiddleware:
             return None  # an outer PX middleware (WSGI or ASGI) has this request
         meta[SEEN_KEY] = True
         try:
-            page = DjangoExchange(self.config, self.counters, self.tracker,
+            page = DjangoExchange(self.config, self.counters, self.tracker, self.snippets,
                                   self._path_allowed, request)
         except Exception:
             self.counters.incr("errors")
@@ -143,7 +146,7 @@ class PXMiddleware:
                          exc: Exception) -> HttpResponseBase:
         self.counters.incr("identify_errors")
         log.warning("px_middleware: identify raised %r; page left alone", exc, exc_info=True)
-        page.skip("identify() raised")
+        page.leave("identify() raised")
         return response
 
     def _process_view(self, request: HttpRequest, view: Callable[..., Any],

@@ -2,17 +2,29 @@
 
 This is the one place the Django integration drives the core, in the order
 ``px_middleware/wsgi.py`` does: ``Exchange(...)`` with the request facts, then
-``accepts`` / ``begin`` at response start, ``headers``, ``feed`` / ``close`` for the
-body, ``finish`` for the page view. Django hands a middleware the whole response
-object before anything is on the wire, so:
+``accepts`` / ``begin`` at response start, ``feed`` / ``close`` for the body until the
+exchange has ``decided``, ``headers`` for the head, ``finish`` for the page view.
+Django hands a middleware the whole response object before anything is on the wire,
+so the head is changed only once the injector has decided, and only as ``headers()``
+says (the snippet went in, or the session cookie of a page view):
 
-* ``HttpResponse``: the body is complete; injected in one go, ``Content-Length``
-  recomputed by the core, the response changed only once everything was computed;
-* ``StreamingHttpResponse`` (sync or async iterator): the head is rewritten at once
-  and the body wrapped lazily, chunk by chunk; until the injector decided, the app's
-  own chunks are kept, so giving up mid-body still sends them byte for byte;
+* ``HttpResponse``: the body is complete; injected in one go (``Content-Length``
+  recomputed by the core), the response changed only once everything was computed;
+* ``StreamingHttpResponse``: before the response is returned, its chunks are pulled
+  until the exchange has decided (at most the injector's limit, 64 KiB, usually one
+  chunk); the rest is re-wrapped lazily, passed on as is. A sync iterator under async
+  middleware is pulled in Django's sync thread, where Django itself consumes it. An
+  async iterator under sync middleware is sent as is: Django would have to consume it
+  whole (``async_to_sync``) to serve it, and pulling part of it in another event loop
+  than the one that finishes it is not safe for the app's generator;
 * ``FileResponse`` (and whitenoise's): the body is never touched (sendfile path kept);
 * anything else (not a page, not tracked): the same object, untouched.
+
+Fail open: until the exchange has decided we keep the app's own chunks, so an error
+of ours gives back its head and every byte of its body. An exception of the app's
+iterator while we pull is raised where it would have been without us, after those
+bytes, when the server iterates the body (not in the middleware, where Django would
+turn it into a 500 page).
 """
 
 from __future__ import annotations
@@ -21,12 +33,13 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from django.http import FileResponse, HttpRequest
+from asgiref.sync import sync_to_async
+from django.http import FileResponse, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase, StreamingHttpResponse
 
 from px_middleware.config import PXConfig
 from px_middleware.core.counters import Counters
-from px_middleware.core.exchange import SET_USER_KEY, SKIP_KEY, Exchange
+from px_middleware.core.exchange import SET_USER_KEY, SKIP_KEY, Exchange, Snippets
 from px_middleware.core.model import Identity
 from px_middleware.core.tracking import Tracker
 
@@ -39,7 +52,8 @@ class DjangoExchange:
     """One request's ``Exchange`` and what it does to the Django response."""
 
     def __init__(self, config: PXConfig, counters: Counters, tracker: Tracker | None,
-                 path_allowed: Callable[[str], bool], request: HttpRequest) -> None:
+                 snippets: Snippets, path_allowed: Callable[[str], bool],
+                 request: HttpRequest) -> None:
         meta = request.META
         self.counters = counters
         self.exchange = Exchange(
@@ -55,10 +69,13 @@ class DjangoExchange:
             host=meta.get("HTTP_HOST") or meta.get("SERVER_NAME", ""),
             client=meta.get("REMOTE_ADDR"),
             tracker=tracker,
+            snippets=snippets,
         )
-        self.injecting = False
-        #: The app's chunks while the injector has not decided (streamed bodies).
+        #: The app's head as ``accepts`` saw it (``headers()`` returns it when unchanged).
+        self.original: list[tuple[str, str]] = []
+        #: While the head is held: the app's own chunks, and what the exchange gave back.
         self.held: list[bytes] = []
+        self.out: list[bytes] = []
 
     @property
     def active(self) -> bool:
@@ -68,49 +85,70 @@ class DjangoExchange:
     def may_inject(self) -> bool:
         return self.exchange.skip_reason is None
 
-    def skip(self, reason: str) -> None:
-        self.exchange.skip(reason)
+    def leave(self, reason: str) -> None:
+        """Before ``respond``: nothing for this response (no snippet, no page view)."""
+        self.exchange.leave(reason)
 
     def accepts(self, request: HttpRequest, response: HttpResponseBase) -> bool:
         """At response start: True when ``respond`` needs the visitor's identity."""
         if request.META.get(SKIP_KEY):
-            return self.exchange.skip("skipped by the app (px_middleware.skip)")
-        return self.exchange.accepts(response.status_code, list(response.items()))
+            self.exchange.leave("skipped by the app (px_middleware.skip)")
+            return False
+        self.original = list(response.items())
+        return self.exchange.accepts(response.status_code, self.original)
 
     def respond(self, request: HttpRequest, response: HttpResponseBase,
                 identity: Identity | None, nonce: str | None) -> HttpResponseBase:
-        """Track and inject; ``response`` is changed only after everything was computed."""
-        exchange = self.exchange
-        original = list(response.items())
-        if exchange.skip_reason is None:
-            if isinstance(response, FileResponse):
-                exchange.skip("FileResponse (sent as is)")
-            elif response.streaming and exchange.has_content_length:
-                exchange.skip("streamed with Content-Length (the head cannot wait)")
-        self.injecting = exchange.begin(
-            original, identity, nonce=nonce,
-            # No nonce from django-csp is not an error: the core reads the CSP header.
-            nonce_required=False, set_user=request.META.get(SET_USER_KEY),
-        )
-        if not self.injecting:
-            headers = exchange.headers() if exchange.tracked else None
-            if headers is not None:
-                _write_headers(response, original, headers)
-            self.finish()  # the page view, timed to the response start
+        """Under sync middleware: track and inject. Never raises."""
+        try:
+            if not self._begin(request, response, identity, nonce):
+                return response
+            if not isinstance(response, StreamingHttpResponse):
+                return self._whole(response)
+            if response.is_async:
+                return self._as_is(response, "an async iterator under sync middleware "
+                                             "(Django consumes it whole; sent as is)")
+            source: Iterator[bytes] = response.streaming_content
+        except Exception:
+            self.failed("deciding at response start")
             return response
-        if isinstance(response, StreamingHttpResponse):
-            headers = exchange.headers()  # streamed: the head goes out before the body
-            body: Any = (_AsyncBody(self, response.streaming_content) if response.is_async
-                         else _SyncBody(self, response.streaming_content))
-            _write_headers(response, original, headers)
-            response.streaming_content = body
+        try:
+            error = self._pull(source)
+        except Exception:
+            self.failed("injecting")
+            body = _SyncBody(self, self._give_up(), source)
+        else:
+            body = _SyncBody(self, self._decided(response, error), source, error)
+        response.streaming_content = body  # Django registers its close(): the page view
+        return response
+
+    async def arespond(self, request: HttpRequest, response: HttpResponseBase,
+                       identity: Identity | None, nonce: str | None) -> HttpResponseBase:
+        """Under async middleware: the same; a sync body is pulled in Django's sync thread."""
+        try:
+            if not self._begin(request, response, identity, nonce):
+                return response
+            if not isinstance(response, StreamingHttpResponse):
+                return self._whole(response)
+            source: Any = response.streaming_content
+        except Exception:
+            self.failed("deciding at response start")
             return response
-        content = response.content
-        out = exchange.feed(content) + exchange.close()
-        headers = exchange.headers()
-        _write_headers(response, original, headers)
-        response.content = out
-        self.finish()
+        body: _SyncBody | _AsyncBody
+        try:
+            if response.is_async:
+                error = await self._apull(source)
+                body = _AsyncBody(self, self._decided(response, error), source, error)
+            else:
+                # Thread-sensitive, as Django's own sync_to_async(list) of such a body.
+                error = await sync_to_async(self._pull)(source)
+                body = _SyncBody(self, self._decided(response, error), source, error)
+        except Exception:
+            self.failed("injecting")
+            held = self._give_up()
+            body = (_AsyncBody(self, held, source) if response.is_async
+                    else _SyncBody(self, held, source))
+        response.streaming_content = body  # Django registers its close(): the page view
         return response
 
     def finish(self) -> None:
@@ -124,40 +162,104 @@ class DjangoExchange:
         self.counters.incr("errors")
         log.exception("px_middleware: error while %s; response passed through unchanged", where)
 
-    # -- streamed body --------------------------------------------------------------
-    def feed(self, chunk: bytes) -> bytes | None:
-        """What to send for one app chunk; ``None`` while the injector looks."""
-        if not self.injecting:
-            return chunk
-        self.held.append(chunk)
-        try:
-            out = self.exchange.feed(chunk)
-            injector = self.exchange.injector
-            if injector is None or not injector.decided:
-                return None
-        except Exception:
-            self.failed("injecting")
-            return self._give_up()
-        self.injecting = False  # decided: the rest passes as is
-        self.held = []
-        return out
+    # -- the steps --------------------------------------------------------------------
+    def _begin(self, request: HttpRequest, response: HttpResponseBase,
+               identity: Identity | None, nonce: str | None) -> bool:
+        """True: the body goes through the exchange. False: ``response`` is done."""
+        injecting = self.exchange.begin(
+            identity, nonce=nonce,
+            # No nonce from django-csp is not an error: the core reads the CSP header.
+            nonce_required=False, set_user=request.META.get(SET_USER_KEY),
+        )
+        if injecting and isinstance(response, FileResponse):
+            self._as_is(response, "FileResponse (sent as is)")
+            return False
+        if injecting and not isinstance(response, (HttpResponse, StreamingHttpResponse)):
+            self._as_is(response, f"{type(response).__name__}: a body we cannot read")
+            return False
+        if not injecting:
+            self._write_head(response)
+            self.finish()  # the page view, timed to the response start
+        return injecting
 
-    def end(self) -> bytes:
-        """The app's body is over: what the injector still holds."""
-        if not self.injecting:
-            return b""
-        self.injecting = False
+    def _as_is(self, response: HttpResponseBase, reason: str) -> HttpResponseBase:
+        """The body goes on untouched; the head as the exchange says (a page view's cookie)."""
+        self.exchange.skip(reason)
+        self._write_head(response)
+        self.finish()
+        return response
+
+    def _write_head(self, response: HttpResponseBase) -> None:
+        if self.exchange.changed:
+            _write_headers(response, self.original, self.exchange.headers())
+
+    def _whole(self, response: HttpResponse) -> HttpResponseBase:
+        """A complete body, injected in one go; ``response`` changed only at the end."""
+        exchange = self.exchange
         try:
-            out = self.exchange.close()
+            content = response.content
+            out = exchange.feed(content) + exchange.close()
+            headers = exchange.headers() if exchange.changed else None
+        except Exception:
+            self.failed("injecting")
+            self.finish()
+            return response
+        if headers is not None:
+            _write_headers(response, self.original, headers)
+        if out != content:
+            response.content = out
+        self.finish()
+        return response
+
+    def _take(self, chunk: bytes) -> bool:
+        """One chunk pulled while the head is held; True once the exchange has decided."""
+        self.held.append(chunk)
+        self.out.append(self.exchange.feed(chunk))
+        return self.exchange.decided
+
+    def _pull(self, source: Iterator[bytes]) -> Exception | None:
+        """Pull ``source`` until decided; returns the app's exception, raises ours."""
+        while True:
+            try:
+                chunk = next(source)
+            except StopIteration:
+                self.out.append(self.exchange.close())
+                return None
+            except Exception as exc:
+                return exc
+            if self._take(chunk):
+                return None
+
+    async def _apull(self, source: AsyncIterator[bytes]) -> Exception | None:
+        """The same for an async iterator."""
+        while True:
+            try:
+                chunk = await source.__anext__()
+            except StopAsyncIteration:
+                self.out.append(self.exchange.close())
+                return None
+            except Exception as exc:
+                return exc
+            if self._take(chunk):
+                return None
+
+    def _decided(self, response: StreamingHttpResponse, error: Exception | None) -> bytes:
+        """After the pull: the head as the exchange says; returns what goes out first."""
+        if error is not None:  # the app's body broke before we decided: its own bytes
+            return self._give_up()
+        try:
+            self._write_head(response)
         except Exception:
             self.failed("injecting")
             return self._give_up()
-        self.held = []
-        return out
+        first = b"".join(self.out)
+        self.held, self.out = [], []
+        return first
 
     def _give_up(self) -> bytes:
-        self.injecting = False
-        held, self.held = b"".join(self.held), []
+        """Stop injecting: the app's chunks pulled so far, unchanged, and its own head."""
+        held = b"".join(self.held)
+        self.held, self.out = [], []
         return held
 
 
@@ -179,32 +281,25 @@ def _write_headers(response: HttpResponseBase, original: list[tuple[str, str]],
 
 
 class _SyncBody:
-    """A streamed body, injected lazily; ``close()`` records the page view."""
+    """A streamed body once decided: what went out first, then the app's rest as is.
 
-    def __init__(self, page: DjangoExchange, source: Iterator[bytes]) -> None:
+    ``error``: the app's exception while we pulled, raised after its bytes, where the
+    server would have met it without us. ``close()`` records the page view.
+    """
+
+    def __init__(self, page: DjangoExchange, first: bytes, rest: Iterator[bytes],
+                 error: Exception | None = None) -> None:
         self._page = page
-        self._source = source
-        self._done = False
+        self._first = first
+        self._rest = rest
+        self._error = error
 
     def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        page = self._page
-        while True:
-            try:
-                chunk = next(self._source)
-            except StopIteration:
-                if self._done:
-                    raise
-                self._done = True
-                tail = page.end()
-                if tail:
-                    return tail
-                raise
-            out = page.feed(chunk)
-            if out:  # None or b"": the injector is still holding (at most 64 KiB)
-                return out
+        if self._first:
+            yield self._first
+        if self._error is not None:
+            raise self._error
+        yield from self._rest
 
     def close(self) -> None:
         self._page.finish()
@@ -213,30 +308,20 @@ class _SyncBody:
 class _AsyncBody:
     """The same for an async iterator (``StreamingHttpResponse`` under ASGI)."""
 
-    def __init__(self, page: DjangoExchange, source: AsyncIterator[bytes]) -> None:
+    def __init__(self, page: DjangoExchange, first: bytes, rest: AsyncIterator[bytes],
+                 error: Exception | None = None) -> None:
         self._page = page
-        self._source = source
-        self._done = False
+        self._first = first
+        self._rest = rest
+        self._error = error
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
-        page = self._page
-        while True:
-            try:
-                chunk = await self._source.__anext__()
-            except StopAsyncIteration:
-                if self._done:
-                    raise
-                self._done = True
-                tail = page.end()
-                if tail:
-                    return tail
-                raise
-            out = page.feed(chunk)
-            if out:
-                return out
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._first:
+            yield self._first
+        if self._error is not None:
+            raise self._error
+        async for chunk in self._rest:
+            yield chunk
 
     def close(self) -> None:
         self._page.finish()
