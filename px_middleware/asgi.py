@@ -43,6 +43,7 @@ from px_middleware.core.exchange import (
     Snippets,
 )
 from px_middleware.core.model import as_identity
+from px_middleware.core.notices import REQUEST_NOTICES
 from px_middleware.core.scope import identity_from_scope, nonce_from_scope
 from px_middleware.delivery import get_delivery, tracker_for
 
@@ -296,8 +297,8 @@ class PXAsgiMiddleware:
             identity = as_identity(found)
         except Exception as exc:
             self.counters.incr("identify_errors")
-            log.warning("px_middleware: identify() raised %r; page left alone", exc,
-                        exc_info=True)
+            REQUEST_NOTICES.note("identify() raised; page left alone", 1, repr(exc),
+                                exc_info=True)
             exchange.leave("identify() raised")
             return False
         nonce: Any = None
@@ -305,7 +306,7 @@ class PXAsgiMiddleware:
             try:
                 nonce = await _call(self.csp_nonce, self._nonce_async, request)
             except Exception:
-                log.warning("px_middleware: csp_nonce() raised", exc_info=True)
+                REQUEST_NOTICES.note("csp_nonce() raised", 1, "no nonce", exc_info=True)
                 nonce = None
         else:
             nonce = nonce_from_scope(scope)

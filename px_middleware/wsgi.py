@@ -46,6 +46,7 @@ from px_middleware.core.exchange import (
     Snippets,
 )
 from px_middleware.core.model import as_identity
+from px_middleware.core.notices import REQUEST_NOTICES
 from px_middleware.delivery import tracker_for
 
 if TYPE_CHECKING:
@@ -148,8 +149,8 @@ class PXWsgiMiddleware:
             identity = as_identity(self.identify(request)) if self.identify else None
         except Exception as exc:
             self.counters.incr("identify_errors")
-            log.warning("px_middleware: identify() raised %r; page left alone", exc,
-                        exc_info=True)
+            REQUEST_NOTICES.note("identify() raised; page left alone", 1, repr(exc),
+                                exc_info=True)
             exchange.leave("identify() raised")
             return False
         nonce = None
@@ -157,7 +158,7 @@ class PXWsgiMiddleware:
             try:
                 nonce = self.csp_nonce(request)
             except Exception:
-                log.warning("px_middleware: csp_nonce() raised", exc_info=True)
+                REQUEST_NOTICES.note("csp_nonce() raised", 1, "no nonce", exc_info=True)
         return exchange.begin(
             identity,
             nonce=nonce,

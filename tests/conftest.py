@@ -1,3 +1,17 @@
 """Fixtures shared by the whole suite: the local PX stand-in (``devserver``)."""
 
+from collections.abc import Iterator
+
+import pytest
+
+from px_middleware.core.notices import REQUEST_NOTICES
+
 pytest_plugins = ["tests.support.devserver"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_request_notices() -> Iterator[None]:
+    """Request-time warnings are rate-limited per process: each test starts afresh, so
+    the first bad attribute of a test is logged whatever earlier tests did."""
+    REQUEST_NOTICES.clear()
+    yield

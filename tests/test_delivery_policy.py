@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from px_middleware.core.notices import Notices
 from px_middleware.delivery import retry
-from px_middleware.delivery.notices import Notices
 from px_middleware.delivery.outbox import Entry, MemoryOutbox, Outbox, SQLiteOutbox
 from px_middleware.delivery.ratelimit import DAY, TokenBucket
 from px_middleware.delivery.retry import backoff, classify, retry_delay

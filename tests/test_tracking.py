@@ -352,10 +352,23 @@ def test_a_bad_attribute_is_counted_once_for_snippet_and_upsert(
     assert user["customAttributes"] == {"seats": 3}  # dropped from the upsert too
     assert browser.tracker.counters.snapshot()["attributes_dropped"] == 1
     assert [r.getMessage() for r in caplog.records if "tags" in r.getMessage()] == [
-        "px_middleware: attribute 'tags' dropped: "
+        "px_middleware: attribute 'tags' dropped: 1; "
         "attribute 'tags': list is not a PX type (use str, int, float, bool, Decimal, "
         "date/datetime, Enum or None)"
     ]
+
+
+def test_a_bad_attribute_on_every_page_is_counted_each_time_and_logged_once(
+    clock: Clock, sent: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Loud, not noisy: the counter has every drop, the log a line per 30 s."""
+    browser, _ = make(clock, sent)
+    identity = Identity(User("u-1", custom={"tags": ["a"]}))
+    with caplog.at_level("WARNING", logger="px_middleware"):
+        for _ in range(20):
+            browser.get(identity)
+    assert browser.tracker.counters.snapshot()["attributes_dropped"] == 20
+    assert len([r for r in caplog.records if "tags" in r.getMessage()]) == 1
 
 
 def test_cached_snippets_tell_equal_values_of_different_types_apart(

@@ -47,6 +47,7 @@ from px_middleware.core.events import (
 )
 from px_middleware.core.injector import Injector
 from px_middleware.core.model import Identity, PXValue, coerce
+from px_middleware.core.notices import REQUEST_NOTICES
 from px_middleware.core.policy import (
     ResponseHead,
     navigation_reason,
@@ -540,12 +541,11 @@ class Exchange:
 
     def _upsert_error(self, name: str, exc: Exception) -> None:
         self._counters.incr("attributes_dropped")
-        log.warning("px_middleware: attribute %r not upserted: %s", name, exc)
+        REQUEST_NOTICES.note(f"attribute {name!r} not upserted", 1, str(exc))
 
     def _attribute_error(self, name: str, exc: Exception) -> None:
         self._counters.incr("attributes_dropped")
-        if log.isEnabledFor(logging.WARNING):
-            log.warning("px_middleware: attribute %r dropped: %s", name, exc)
+        REQUEST_NOTICES.note(f"attribute {name!r} dropped", 1, str(exc))
 
     def _set_user_values(self, values: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if not values:

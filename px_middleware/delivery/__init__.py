@@ -6,7 +6,7 @@ acknowledged them). Split as OpenTelemetry splits a BatchProcessor from its expo
 ``worker`` (queue, dispatcher, lanes, flush, shutdown, fork), ``exporter`` (bodies to
 PX), ``outbox`` (the storage protocol: order per key, latest-wins upserts, dead
 letter), ``retry`` (the one retry loop and the shared 429 pause), ``ratelimit``,
-``notices`` (rate-limited warnings) and ``registry`` (the per-process instance).
+``registry`` (the per-process instance).
 """
 
 from px_middleware.delivery.outbox import (

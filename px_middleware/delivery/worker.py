@@ -33,9 +33,9 @@ from collections.abc import Callable
 from typing import Any
 
 from px_middleware.config import MAX_RETRY_WAIT, SHUTDOWN_TIMEOUT, PXConfig
+from px_middleware.core.notices import Notices
 from px_middleware.delivery import retry
 from px_middleware.delivery.exporter import Exporter, Result
-from px_middleware.delivery.notices import Notices
 from px_middleware.delivery.outbox import Entry, Item, MemoryOutbox, Outbox, SQLiteOutbox
 from px_middleware.delivery.ratelimit import RateLimiter, TokenBucket
 

@@ -36,6 +36,7 @@ from px_middleware.config import PXConfig
 from px_middleware.core.counters import Counters
 from px_middleware.core.exchange import SEEN_KEY, Snippets
 from px_middleware.core.model import Identity
+from px_middleware.core.notices import REQUEST_NOTICES
 from px_middleware.delivery import tracker_for
 from px_middleware.django.response import DjangoExchange
 from px_middleware.django.views import EXEMPT_ATTRIBUTE, skip
@@ -145,7 +146,7 @@ class PXMiddleware:
     def _identify_failed(self, page: DjangoExchange, response: HttpResponseBase,
                          exc: Exception) -> HttpResponseBase:
         self.counters.incr("identify_errors")
-        log.warning("px_middleware: identify raised %r; page left alone", exc, exc_info=True)
+        REQUEST_NOTICES.note("identify() raised; page left alone", 1, repr(exc), exc_info=True)
         page.leave("identify() raised")
         return response
 
