@@ -38,6 +38,7 @@ LOCAL_BASE_URL = "http://127.0.0.1:8787"
 # AP-XXXXXXXXXXXX-2, optionally with a numeric suffix such as -2-1.
 _PRODUCT_KEY = re.compile(r"AP-[A-Z0-9]{6,}-\d+(?:-\d+)?")
 _URL = re.compile(r"https?://[^\s/?#]+(?:[/?#]\S*)?")
+_REDIS_URL = re.compile(r"(?:rediss?://[^\s/?#]*|unix://)(?:[/?#]\S*)?")
 _SDK_CONFIG_KEYS = frozenset(
     {
         "htmlSanitization",
@@ -131,6 +132,9 @@ class PXConfig:
     daily_budget: int | None = None
     concurrency: int = 4
     request_timeout: float = 10.0
+    #: ``redis://`` / ``rediss://`` / ``unix://`` URL: one PX budget and one outbox shared
+    #: by every process on every host (``pip install 'px_middleware[redis]'``).
+    redis_url: str | None = _secret_field()
 
     def __post_init__(self) -> None:
         if not isinstance(self.product_key, str) or not _PRODUCT_KEY.fullmatch(
@@ -180,6 +184,10 @@ class PXConfig:
             raise ValueError("max_queue_events must be >= 1 and max_queue_bytes >= 1024")
         if self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if self.redis_url is not None and not (
+            isinstance(self.redis_url, str) and _REDIS_URL.fullmatch(self.redis_url)
+        ):
+            raise ValueError("redis_url must look like redis://host:6379/0 (or rediss://, unix://)")
         try:
             re.compile(self.bot_pattern)
         except re.error as exc:
