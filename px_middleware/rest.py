@@ -1,29 +1,23 @@
 """Clients for the Gainsight PX REST API (users, accounts, custom events).
 
-``PXRestClient`` (sync) and ``AsyncPXRestClient`` share every decision: each operation
-is written once as a generator that yields the HTTP calls it needs and receives their
-responses (or has the PX error thrown into it), and each client only runs the calls.
+``PXRestClient`` is blocking: delivery and the loader call it from their own threads.
 
-The clients never retry: the delivery sender is the one retry layer. Failed calls raise
+The client never retries: the delivery sender is the one retry layer. Failed calls raise
 :class:`PXAPIError` (or a subclass); network failures propagate as ``httpx`` exceptions.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import email.utils
 import math
 import re
 import time
-from collections.abc import Generator, Mapping
-from typing import Any, Literal, TypeVar, cast
+from collections.abc import Mapping
+from typing import Any, Literal, cast
 from urllib.parse import quote
 
 import httpx
 
-from px_middleware.config import PXConfig
-
-T = TypeVar("T")
 Upserted = Literal["updated", "created"]
 
 USER_AGENT = "px_middleware/0.1 (+httpx)"
@@ -135,18 +129,6 @@ def _messages(body: Any) -> list[str]:
     return []
 
 
-# -- operations: written once, run by either client ------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Call:
-    method: str
-    path: str
-    json: Any = None
-    content: bytes | None = None
-
-
-Op = Generator[Call, httpx.Response, T]
-
-
 def path_safe(identifier: str) -> bool:
     """Whether an id can go in a URL path as is (else PUT ``/update`` is used)."""
     return bool(identifier) and identifier not in (".", "..") and not _UNSAFE_ID.search(identifier)
@@ -174,103 +156,11 @@ def _id_of(obj: Mapping[str, Any], field: str) -> str:
     return str(value)
 
 
-def _get(collection: str, identifier: str) -> Op[Any]:
-    try:
-        response = yield Call("GET", f"/{collection}/{_segment(str(identifier))}")
-    except PXNotFound:
-        return None
-    return _body(response)
-
-
-def _update_call(collection: str, identifier: str, obj: Mapping[str, Any]) -> Call:
-    if path_safe(identifier):
-        return Call("PUT", f"/{collection}/{_segment(identifier)}", obj)
-    return Call("PUT", f"/{collection}/update", obj)
-
-
-def _simple(call: Call) -> Op[Any]:
-    response = yield call
-    return _body(response)
-
-
-def _upsert(collection: str, field: str, obj: Mapping[str, Any]) -> Op[Upserted]:
-    update = _update_call(collection, _id_of(obj, field), obj)
-    try:
-        yield update
-        return "updated"
-    except PXNotFound:
-        pass
-    try:
-        yield Call("POST", f"/{collection}", obj)
-        return "created"
-    except PXAPIError as exc:
-        if exc.status not in (400, 409):
-            raise
-        # Another process may have created it between our PUT and POST (two workers
-        # upserting one new user): then a second PUT succeeds. Otherwise the POST's
-        # error is the real one.
-        try:
-            yield update
-        except PXNotFound:
-            raise exc from None
-        return "updated"
-
-
-def _create(collection: str, obj: Mapping[str, Any]) -> Op[Any]:
-    return _simple(Call("POST", f"/{collection}", obj))
-
-
-def _update(collection: str, identifier: str, obj: Mapping[str, Any]) -> Op[Any]:
-    return _simple(_update_call(collection, str(identifier), obj))
-
-
-def _delete(collection: str, identifier: str) -> Op[Any]:
-    return _simple(Call("DELETE", f"/{collection}/{_segment(str(identifier))}"))
-
-
-def _events(events: Mapping[str, Any] | list[Mapping[str, Any]]) -> Op[Any]:
-    return _simple(Call("POST", "/events/custom", events))
-
-
 def _timeout(timeout: float | httpx.Timeout | None) -> httpx.Timeout | None:
     if timeout is None or isinstance(timeout, httpx.Timeout):
         return timeout
     # Connecting should be quick; a long connect timeout only delays noticing an outage.
     return httpx.Timeout(timeout, connect=min(timeout, 5.0))
-
-
-def _client_kwargs(
-    base_url: str, api_key: str, timeout: float | httpx.Timeout, max_connections: int
-) -> dict[str, Any]:
-    if not api_key:
-        raise ValueError("api_key is required for the PX REST API")
-    return {
-        "base_url": base_url.rstrip("/") + "/",
-        "headers": {
-            "X-APTRINSIC-API-KEY": api_key,
-            "Accept": "application/json",
-            "User-Agent": USER_AGENT,
-        },
-        "timeout": _timeout(timeout),
-        "limits": httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=30.0,
-        ),
-        "follow_redirects": False,
-    }
-
-
-def _request_kwargs(call: Call, timeout: float | httpx.Timeout | None) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
-    if call.content is not None:
-        kwargs["content"] = call.content
-        kwargs["headers"] = {"Content-Type": "application/json"}
-    elif call.json is not None:
-        kwargs["json"] = call.json
-    if timeout is not None:
-        kwargs["timeout"] = _timeout(timeout)
-    return kwargs
 
 
 class PXRestClient:
@@ -289,17 +179,24 @@ class PXRestClient:
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 4,
     ) -> None:
+        if not api_key:
+            raise ValueError("api_key is required for the PX REST API")
         self._client = httpx.Client(
-            transport=transport, **_client_kwargs(base_url, api_key, timeout, max_connections)
+            transport=transport,
+            base_url=base_url.rstrip("/") + "/",
+            headers={
+                "X-APTRINSIC-API-KEY": api_key,
+                "Accept": "application/json",
+                "User-Agent": USER_AGENT,
+            },
+            timeout=_timeout(timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=30.0,
+            ),
+            follow_redirects=False,
         )
-
-    @classmethod
-    def from_config(cls, config: PXConfig, **kwargs: Any) -> PXRestClient:
-        if config.api_key is None:
-            raise ValueError("PXConfig.api_key is required for the PX REST API")
-        kwargs.setdefault("timeout", config.request_timeout)
-        kwargs.setdefault("max_connections", config.concurrency)
-        return cls(config.rest_url, config.api_key, **kwargs)
 
     # -- plumbing -----------------------------------------------------------------------
     def request(
@@ -313,73 +210,99 @@ class PXRestClient:
     ) -> httpx.Response:
         """One call; raises :class:`PXAPIError` on a non-2xx answer. ``content`` is a
         pre-encoded JSON body (the sender encodes each item once)."""
-        response = self._client.request(
-            method, path.lstrip("/"), **_request_kwargs(Call(method, path, json, content), timeout)
-        )
+        kwargs: dict[str, Any] = {}
+        if content is not None:
+            kwargs["content"] = content
+            kwargs["headers"] = {"Content-Type": "application/json"}
+        elif json is not None:
+            kwargs["json"] = json
+        if timeout is not None:
+            kwargs["timeout"] = _timeout(timeout)
+        response = self._client.request(method, path.lstrip("/"), **kwargs)
         error = error_for(response)
         if error is not None:
             raise error
         return response
 
-    def _run(self, op: Op[T], timeout: float | httpx.Timeout | None) -> T:
+    def _get(self, collection: str, identifier: str, timeout: float | None) -> Any:
         try:
-            call = next(op)
-            while True:
-                try:
-                    response = self.request(
-                        call.method,
-                        call.path,
-                        json=call.json,
-                        content=call.content,
-                        timeout=timeout,
-                    )
-                except PXAPIError as exc:
-                    call = op.throw(exc)
-                else:
-                    call = op.send(response)
-        except StopIteration as stop:
-            return cast(T, stop.value)
-        finally:
-            op.close()
+            response = self.request(
+                "GET", f"/{collection}/{_segment(str(identifier))}", timeout=timeout
+            )
+        except PXNotFound:
+            return None
+        return _body(response)
+
+    def _update(
+        self, collection: str, identifier: str, obj: Mapping[str, Any], timeout: float | None
+    ) -> Any:
+        path = f"/{collection}/{_segment(identifier)}" if path_safe(identifier) else (
+            f"/{collection}/update"
+        )
+        return _body(self.request("PUT", path, json=obj, timeout=timeout))
+
+    def _upsert(
+        self, collection: str, field: str, obj: Mapping[str, Any], timeout: float | None
+    ) -> Upserted:
+        identifier = _id_of(obj, field)
+        try:
+            self._update(collection, identifier, obj, timeout)
+            return "updated"
+        except PXNotFound:
+            pass
+        try:
+            self.request("POST", f"/{collection}", json=obj, timeout=timeout)
+            return "created"
+        except PXAPIError as exc:
+            if exc.status not in (400, 409):
+                raise
+            # Another process may have created it between our PUT and POST (two workers
+            # upserting one new user): then a second PUT succeeds. Otherwise the POST's
+            # error is the real one.
+            try:
+                self._update(collection, identifier, obj, timeout)
+            except PXNotFound:
+                raise exc from None
+            return "updated"
 
     # -- users --------------------------------------------------------------------------
     def get_user(self, identify_id: str, *, timeout: float | None = None) -> dict[str, Any] | None:
-        return cast("dict[str, Any] | None", self._run(_get("users", identify_id), timeout))
+        return cast("dict[str, Any] | None", self._get("users", identify_id, timeout))
 
     def create_user(self, obj: Mapping[str, Any], *, timeout: float | None = None) -> Any:
-        return self._run(_create("users", obj), timeout)
+        return _body(self.request("POST", "/users", json=obj, timeout=timeout))
 
     def update_user(
         self, identify_id: str, obj: Mapping[str, Any], *, timeout: float | None = None
     ) -> Any:
-        return self._run(_update("users", identify_id, obj), timeout)
+        return self._update("users", str(identify_id), obj, timeout)
 
     def upsert_user(self, obj: Mapping[str, Any], *, timeout: float | None = None) -> Upserted:
         """PUT, then POST when PX says the user does not exist (PX has no upsert)."""
-        return self._run(_upsert("users", "identifyId", obj), timeout)
+        return self._upsert("users", "identifyId", obj, timeout)
 
     def delete_user(self, identify_id: str, *, timeout: float | None = None) -> None:
-        self._run(_delete("users", identify_id), timeout)
+        self.request("DELETE", f"/users/{_segment(str(identify_id))}", timeout=timeout)
 
     # -- accounts -----------------------------------------------------------------------
     def get_account(
         self, account_id: str, *, timeout: float | None = None
     ) -> dict[str, Any] | None:
-        return cast("dict[str, Any] | None", self._run(_get("accounts", account_id), timeout))
+        return cast("dict[str, Any] | None", self._get("accounts", account_id, timeout))
 
     def create_account(self, obj: Mapping[str, Any], *, timeout: float | None = None) -> Any:
-        return self._run(_create("accounts", obj), timeout)
+        return _body(self.request("POST", "/accounts", json=obj, timeout=timeout))
 
     def update_account(
         self, account_id: str, obj: Mapping[str, Any], *, timeout: float | None = None
     ) -> Any:
-        return self._run(_update("accounts", account_id, obj), timeout)
+        return self._update("accounts", str(account_id), obj, timeout)
 
     def upsert_account(self, obj: Mapping[str, Any], *, timeout: float | None = None) -> Upserted:
-        return self._run(_upsert("accounts", "id", obj), timeout)
+        return self._upsert("accounts", "id", obj, timeout)
 
     def delete_account(self, account_id: str, *, timeout: float | None = None) -> None:
-        self._run(_delete("accounts", account_id), timeout)
+        self.request("DELETE", f"/accounts/{_segment(str(account_id))}", timeout=timeout)
 
     # -- events -------------------------------------------------------------------------
     def send_events(
@@ -389,7 +312,7 @@ class PXRestClient:
         timeout: float | None = None,
     ) -> Any:
         """POST one custom event or a list of them to ``/events/custom``."""
-        return self._run(_events(events), timeout)
+        return _body(self.request("POST", "/events/custom", json=events, timeout=timeout))
 
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
@@ -400,130 +323,3 @@ class PXRestClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-class AsyncPXRestClient:
-    """The same API as :class:`PXRestClient`, over ``httpx.AsyncClient``."""
-
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str,
-        *,
-        timeout: float | httpx.Timeout = 10.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-        max_connections: int = 4,
-    ) -> None:
-        self._client = httpx.AsyncClient(
-            transport=transport, **_client_kwargs(base_url, api_key, timeout, max_connections)
-        )
-
-    @classmethod
-    def from_config(cls, config: PXConfig, **kwargs: Any) -> AsyncPXRestClient:
-        if config.api_key is None:
-            raise ValueError("PXConfig.api_key is required for the PX REST API")
-        kwargs.setdefault("timeout", config.request_timeout)
-        kwargs.setdefault("max_connections", config.concurrency)
-        return cls(config.rest_url, config.api_key, **kwargs)
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        content: bytes | None = None,
-        timeout: float | httpx.Timeout | None = None,
-    ) -> httpx.Response:
-        response = await self._client.request(
-            method, path.lstrip("/"), **_request_kwargs(Call(method, path, json, content), timeout)
-        )
-        error = error_for(response)
-        if error is not None:
-            raise error
-        return response
-
-    async def _run(self, op: Op[T], timeout: float | httpx.Timeout | None) -> T:
-        try:
-            call = next(op)
-            while True:
-                try:
-                    response = await self.request(
-                        call.method,
-                        call.path,
-                        json=call.json,
-                        content=call.content,
-                        timeout=timeout,
-                    )
-                except PXAPIError as exc:
-                    call = op.throw(exc)
-                else:
-                    call = op.send(response)
-        except StopIteration as stop:
-            return cast(T, stop.value)
-        finally:
-            op.close()
-
-    async def get_user(
-        self, identify_id: str, *, timeout: float | None = None
-    ) -> dict[str, Any] | None:
-        result = await self._run(_get("users", identify_id), timeout)
-        return cast("dict[str, Any] | None", result)
-
-    async def create_user(self, obj: Mapping[str, Any], *, timeout: float | None = None) -> Any:
-        return await self._run(_create("users", obj), timeout)
-
-    async def update_user(
-        self, identify_id: str, obj: Mapping[str, Any], *, timeout: float | None = None
-    ) -> Any:
-        return await self._run(_update("users", identify_id, obj), timeout)
-
-    async def upsert_user(
-        self, obj: Mapping[str, Any], *, timeout: float | None = None
-    ) -> Upserted:
-        return await self._run(_upsert("users", "identifyId", obj), timeout)
-
-    async def delete_user(self, identify_id: str, *, timeout: float | None = None) -> None:
-        await self._run(_delete("users", identify_id), timeout)
-
-    async def get_account(
-        self, account_id: str, *, timeout: float | None = None
-    ) -> dict[str, Any] | None:
-        result = await self._run(_get("accounts", account_id), timeout)
-        return cast("dict[str, Any] | None", result)
-
-    async def create_account(self, obj: Mapping[str, Any], *, timeout: float | None = None) -> Any:
-        return await self._run(_create("accounts", obj), timeout)
-
-    async def update_account(
-        self, account_id: str, obj: Mapping[str, Any], *, timeout: float | None = None
-    ) -> Any:
-        return await self._run(_update("accounts", account_id, obj), timeout)
-
-    async def upsert_account(
-        self, obj: Mapping[str, Any], *, timeout: float | None = None
-    ) -> Upserted:
-        return await self._run(_upsert("accounts", "id", obj), timeout)
-
-    async def delete_account(self, account_id: str, *, timeout: float | None = None) -> None:
-        await self._run(_delete("accounts", account_id), timeout)
-
-    async def send_events(
-        self,
-        events: Mapping[str, Any] | list[Mapping[str, Any]],
-        *,
-        timeout: float | None = None,
-    ) -> Any:
-        return await self._run(_events(events), timeout)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    async def close(self) -> None:
-        await self._client.aclose()
-
-    async def __aenter__(self) -> AsyncPXRestClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._client.aclose()

@@ -6,14 +6,18 @@ import email.utils
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
+from px_middleware.delivery import retry
 from px_middleware.delivery.outbox import Entry, MemoryOutbox, SQLiteOutbox
 from px_middleware.delivery.ratelimit import DAY, TokenBucket
 from px_middleware.delivery.retry import backoff, classify, retry_delay
-from px_middleware.rest import parse_retry_after
+from px_middleware.rest import PXAPIError, PXRateLimited, parse_retry_after
 
 
 class FakeClock:
@@ -323,3 +327,87 @@ def test_sqlite_outbox_concurrent_claimers_never_share(tmp_path: Path) -> None:
     flat = [i for ids in seen for i in ids]
     assert sorted(flat) == list(range(1, 601))
     assert boxes[0].size() == 0
+
+
+# -- retry.call: the one retry loop ----------------------------------------------------------
+def _failing(*statuses: int | None) -> tuple[list[float | None], Callable[[float | None], str]]:
+    """A request that fails with ``statuses`` in turn (None: no answer), then succeeds."""
+    seen: list[float | None] = []
+    queue = list(statuses)
+
+    def request(timeout: float | None) -> str:
+        seen.append(timeout)
+        if queue:
+            status = queue.pop(0)
+            if status is None:
+                raise httpx.ConnectError("refused")
+            if status == 429:
+                raise PXRateLimited(429, ["slow down"])
+            raise PXAPIError(status, ["no"])
+        return "done"
+
+    return seen, request
+
+
+def test_call_retries_until_success_and_counts_requests() -> None:
+    seen, request = _failing(503, None, 500)
+    outcome = retry.call(request, timeout=2.0, base=0.001, cap=0.01, pause=retry.Pause())
+    assert (outcome.status, outcome.value, outcome.attempts) == ("ok", "done", 4)
+    assert seen == [2.0] * 4
+
+
+def test_call_gives_up_after_attempts_but_429s_do_not_count() -> None:
+    _, request = _failing(429, 429, 503, 503, 503)
+    outcome = retry.call(request, attempts=3, base=0.001, cap=0.01, pause=retry.Pause())
+    assert (outcome.status, outcome.attempts, outcome.throttled) == ("exhausted", 5, 2)
+    assert outcome.http_status == 503
+
+
+def test_call_rejected_4xx_is_final() -> None:
+    _, request = _failing(400, 503)
+    outcome = retry.call(request, base=0.001, pause=retry.Pause())
+    assert (outcome.status, outcome.attempts, outcome.http_status) == ("rejected", 1, 400)
+
+
+def test_a_429_pauses_other_callers_of_the_same_pause() -> None:
+    pause = retry.Pause()
+    _, throttled = _failing(429)
+    stop = threading.Event()
+    stop.set()  # the first caller stops while paused; its 429 still set the pause
+    assert (
+        retry.call(
+            throttled, pause=pause, base=30.0, stop=None, attempts=1, deadline=None, patience=0.0
+        ).status
+        == "exhausted"
+    )
+    assert pause.remaining() > 25.0
+    _, healthy = _failing()
+    outcome = retry.call(healthy, pause=pause, stop=stop)
+    assert (outcome.status, outcome.attempts) == ("stopped", 0)  # waited, never sent
+
+
+def test_pause_doubles_per_429_in_a_row_and_resets_on_success() -> None:
+    pause = retry.Pause(base=1.0, cap=5.0)
+    assert [round(pause.hit()) for _ in range(4)] == [1, 2, 4, 5]
+    pause.clear()
+    pause._until = 0.0
+    assert round(pause.hit()) == 1
+
+
+def test_hurry_ends_the_backoff_with_one_more_try_at_once() -> None:
+    hurry = threading.Event()
+    calls: list[float] = []
+
+    def request(timeout: float | None) -> str:
+        calls.append(time.monotonic())
+        hurry.set()  # shutdown begins while the first attempt is in flight
+        raise PXAPIError(503, ["down"])
+
+    outcome = retry.call(request, hurry=hurry, base=1000.0, cap=1000.0, pause=retry.Pause())
+    assert (outcome.status, outcome.attempts) == ("exhausted", 2)
+
+
+def test_deadline_bounds_the_request_timeout() -> None:
+    seen, request = _failing()
+    retry.call(request, timeout=60.0, deadline=time.monotonic() + 5.0, pause=retry.Pause())
+    assert seen[0] is not None and seen[0] <= 5.0

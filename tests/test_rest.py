@@ -1,4 +1,4 @@
-"""PXRestClient / AsyncPXRestClient against a real HTTP server on 127.0.0.1.
+"""PXRestClient against a real HTTP server on 127.0.0.1.
 
 ``StubPX`` is a tiny PX stand-in (threading ``http.server``) that the delivery tests
 reuse for unit-level checks: it records every request with its arrival time, keeps
@@ -8,7 +8,6 @@ faults (status, headers, a dropped connection).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import http.server
 import json
@@ -22,7 +21,6 @@ import httpx
 import pytest
 
 from px_middleware.rest import (
-    AsyncPXRestClient,
     PXAPIError,
     PXAuthError,
     PXNotFound,
@@ -386,26 +384,3 @@ def test_network_errors_propagate_as_httpx_errors(stub: StubPX) -> None:
 def test_error_for_success_is_none() -> None:
     assert error_for(httpx.Response(201)) is None
     assert isinstance(error_for(httpx.Response(403)), PXAuthError)
-
-
-# -- async ----------------------------------------------------------------------------------
-def test_async_client_same_api(stub: StubPX) -> None:
-    async def scenario() -> None:
-        async with AsyncPXRestClient(stub.url, API_KEY, timeout=5.0) as c:
-            assert await c.get_user("a/1") is None
-            assert await c.upsert_user({"identifyId": "a/1"}) == "created"
-            assert await c.upsert_user({"identifyId": "a/1", "role": "r"}) == "updated"
-            assert await c.get_user("a/1") == {"identifyId": "a/1", "role": "r"}
-            await c.create_account({"id": "acc"})
-            await c.update_account("acc", {"plan": "p"})
-            assert await c.upsert_account({"id": "acc2"}) == "created"
-            assert await c.get_account("acc") == {"id": "acc", "plan": "p"}
-            await c.delete_account("acc")
-            await c.send_events([{"eventName": "e1"}])
-            with pytest.raises(PXAPIError, match="eventName is required"):
-                await c.send_events({})
-            await c.delete_user("a/1")
-            assert await c.get_user("a/1") is None
-
-    asyncio.run(scenario())
-    assert ("PUT", "/v1/users/update") in [(r.method, r.path) for r in stub.received]

@@ -28,22 +28,54 @@ _registry: dict[tuple[str, str, str | None], Delivery] = {}
 _lock = threading.Lock()
 _atexit_registered = False
 
+#: The settings a ``Delivery`` is built from besides its key (URL, API key, outbox).
+SETTINGS = (
+    "max_queue_events",
+    "max_queue_bytes",
+    "rate_limit",
+    "daily_budget",
+    "concurrency",
+    "request_timeout",
+    "batch_events",
+    "max_attempts",
+    "dead_letter_after",
+)
+
 
 def _key(config: PXConfig) -> tuple[str, str, str | None]:
     return (config.rest_url, config.api_key or "", config.outbox_path)
 
 
+def _check_same(existing: PXConfig, config: PXConfig) -> None:
+    """One API key and outbox get one sender (one rate limit, one order per key), so a
+    second config that asks for different delivery settings is a mistake to report."""
+    differ = [n for n in SETTINGS if getattr(existing, n) != getattr(config, n)]
+    if differ:
+        raise ValueError(
+            "px_middleware: this process already delivers to "
+            f"{config.rest_url} with the same API key and outbox but other settings "
+            f"({', '.join(differ)}); give every PXConfig the same delivery settings"
+        )
+
+
 def get_delivery(config: PXConfig) -> Delivery:
-    """The process's ``Delivery`` for this API URL, API key and outbox path."""
+    """The process's ``Delivery`` for this API URL, API key and outbox path.
+
+    Raises ``ValueError`` when one exists with other delivery settings (``SETTINGS``).
+    """
     key = _key(config)
     delivery = _registry.get(key)
     if delivery is not None and not delivery.closed:
+        if delivery.config is not config:
+            _check_same(delivery.config, config)
         return delivery
     global _atexit_registered
     with _lock:
         delivery = _registry.get(key)
         if delivery is None or delivery.closed:
             delivery = _registry[key] = Delivery(config)
+        else:
+            _check_same(delivery.config, config)
         if not _atexit_registered:
             atexit.register(shutdown_all, SHUTDOWN_TIMEOUT)
             _atexit_registered = True

@@ -28,13 +28,11 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Literal
 
-import httpx
-
 from px_middleware.config import MAX_RETRY_WAIT, SHUTDOWN_TIMEOUT, PXConfig
+from px_middleware.delivery import retry
 from px_middleware.delivery.outbox import Entry, Item, MemoryOutbox, Outbox, SQLiteOutbox
 from px_middleware.delivery.ratelimit import RateLimiter, TokenBucket
-from px_middleware.delivery.retry import classify, retry_delay
-from px_middleware.rest import PXAPIError, PXAuthError, PXRateLimited, PXRestClient
+from px_middleware.rest import PXAPIError, PXAuthError, PXRestClient
 
 log = logging.getLogger("px_middleware.delivery")
 
@@ -48,18 +46,6 @@ LOG_INTERVAL = 30.0
 RENEW_INTERVAL = 10.0
 DROP_REASONS = ("overflow", "rejected", "auth", "invalid", "closed", "shutdown")
 
-
-class _QuietSenderThreads(logging.Filter):
-    """httpx logs every request at INFO; from our threads that would flood app logs
-    (the counters say the same in one debug line). Other httpx users are unaffected."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno > logging.INFO or not (record.threadName or "").startswith(
-            "px-delivery"
-        )
-
-
-logging.getLogger("httpx").addFilter(_QuietSenderThreads())
 
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
@@ -187,7 +173,7 @@ class Delivery:
         self._backlog = 0  # counted against max_queue_events at capture (memory mode)
         self._claimed = 0
         self._memory = False  # the outbox is a MemoryOutbox: its items count at capture
-        self._pause_until = 0.0  # after a 429, every lane waits until then
+        self._pause = retry.PAUSE
         self._deadline: float | None = None  # set by shutdown(): requests must end by then
 
     # -- request path ---------------------------------------------------------------------
@@ -557,67 +543,29 @@ class Delivery:
                 )
             self._settle(items, "dropped_" + reason)
 
-    def _attempt(self, send: Callable[[float], object]) -> PXAPIError | Literal["ok", "stop"]:
+    def _attempt(
+        self, send: Callable[[float | None], object]
+    ) -> PXAPIError | Literal["ok", "stop"]:
         """Send until PX accepts, rejects for good (the error), or we must stop."""
-        attempt = 0
-        while True:
-            if not self._await_turn():
-                return "stop"
-            timeout = self._request_timeout()
-            if timeout is None:
-                return "stop"
-            status: int | None
-            error: PXAPIError | None = None
-            retry_after: float | None = None
-            try:
-                send(timeout)
-                status = 200
-            except PXAPIError as exc:
-                status, error = exc.status, exc
-                if isinstance(exc, PXRateLimited):
-                    retry_after = exc.retry_after
-            except httpx.HTTPError as exc:
-                status = None
-                log.debug("px_middleware: request failed: %r", exc)
-            except Exception:
-                status = None
-                log.exception("px_middleware: unexpected error while sending")
-            with self._lock:
-                self._counts["requests"] += 1
-            outcome = classify(status)
-            if outcome == "ok":
-                return "ok"
-            if outcome == "drop":
-                assert error is not None
-                return error
-            attempt += 1
-            delay = retry_delay(attempt, retry_after, base=self._retry_base, cap=self._retry_cap)
-            with self._lock:
-                self._counts["retried"] += 1
-                if status == 429:  # the quota is shared: every lane holds back
-                    self._pause_until = max(self._pause_until, time.monotonic() + delay)
-            log.debug("px_middleware: retry %d in %.2fs (status %s)", attempt, delay, status)
-            if self._stop.wait(delay):
-                return "stop"
-
-    def _await_turn(self) -> bool:
-        """Wait for the 429 pause and the rate limiter; ``False`` when stopping."""
-        while not self._stop.is_set():
-            paused = self._pause_until - time.monotonic()
-            wait = paused if paused > 0 else self._limiter.try_acquire()
-            if wait <= 0:
-                return True
-            self._stop.wait(min(wait, 0.5))
-        return False
-
-    def _request_timeout(self) -> float | None:
-        timeout = self.config.request_timeout
-        if self._deadline is not None:
-            remaining = self._deadline - time.monotonic()
-            if remaining <= 0.01:
-                return None
-            timeout = min(timeout, remaining)
-        return timeout
+        outcome = retry.call(
+            send,
+            stop=self._stop,
+            limiter=self._limiter,
+            deadline=self._deadline,
+            timeout=self.config.request_timeout,
+            pause=self._pause,
+            base=self._retry_base,
+            cap=self._retry_cap,
+        )
+        with self._lock:
+            self._counts["requests"] += outcome.attempts
+            self._counts["retried"] += max(outcome.attempts - 1, 0)
+        if outcome.status == "ok":
+            return "ok"
+        if outcome.status == "rejected":
+            assert isinstance(outcome.error, PXAPIError)
+            return outcome.error
+        return "stop"
 
     def _settle(self, items: list[Item], counter: str) -> None:
         """Items are done (sent or dropped for good): delete them from the outbox."""
