@@ -105,10 +105,10 @@ def test_a_429_pauses_every_host_and_escalates_only_after_the_pause(
 ) -> None:
     host_a = budget(client, rate=100.0, pause_base=1.0, pause_cap=4.0)
     host_b = budget(client, rate=100.0, pause_base=1.0, pause_cap=4.0)
-    assert 0.9 < host_a.rate_limited() <= 1.0
+    assert 0.9 < host_a.pause.hit() <= 1.0
     code, wait = acquire_raw(host_b)
     assert code == 1 and 0.5 < wait <= 1.0  # the other host pauses too
-    host_b.rate_limited()  # a request in flight during the pause: no escalation
+    host_b.pause.hit()  # a request in flight during the pause: no escalation
     assert client.hget(host_a.key, "pause_level") == b"1"
 
     def end_pause() -> None:  # as if the pause had run out a moment ago
@@ -118,17 +118,17 @@ def test_a_429_pauses_every_host_and_escalates_only_after_the_pause(
     pauses = []
     for _ in range(4):
         end_pause()
-        pauses.append(host_b.rate_limited())
+        pauses.append(host_b.pause.hit())
     assert [round(p) for p in pauses] == [2, 4, 4, 4]  # doubling, capped
     assert int(client.hget(host_a.key, "pauses") or 0) == 5
 
 
 def test_a_quiet_period_resets_the_pause(client: redis.Redis) -> None:
     b = budget(client, rate=100.0, pause_base=1.0, pause_reset=60.0)
-    b.rate_limited()
+    b.pause.hit()
     (seconds, micros) = client.time()
     client.hset(b.key, "pause_until", (seconds - 61) * 1_000_000 + micros)
-    assert round(b.rate_limited()) == 1
+    assert round(b.pause.hit()) == 1
     assert client.hget(b.key, "pause_level") == b"1"
 
 
@@ -139,9 +139,25 @@ def test_redis_unreachable_falls_back_to_the_local_bucket(
     b = RedisBudget(dead, PREFIX, rate=5.0, burst=2)
     with caplog.at_level(logging.WARNING, logger="px_middleware"):
         waits = [b.try_acquire() for _ in range(6)]
-        assert b.rate_limited() == 0.0
+        assert b.rate_limited() is None  # not shared: the caller pauses alone
     assert waits[0] == 0.0  # never raises, never blocks on Redis
     assert 2 <= waits.count(0.0) < 6  # the local bucket still limits
     assert b.counts["redis_errors"] >= 1 and b.counts["fallback_grants"] >= 2
     warnings = [r for r in caplog.records if "Redis budget unreachable" in r.getMessage()]
     assert len(warnings) == 1  # rate-limited: one line, the count in the counters
+
+
+def test_the_shared_pause_is_what_the_retry_loop_waits_for(client: redis.Redis) -> None:
+    host_a = budget(client, rate=100.0, pause_base=1.0)
+    host_b = budget(client, rate=100.0, pause_base=1.0)
+    assert 0.9 < host_a.pause.hit() <= 1.0
+    assert host_b.pause.remaining() == 0.0  # B has not asked Redis yet: no round trip
+    assert host_b.try_acquire() > 0.5  # its next acquire learns of the pause...
+    assert 0.5 < host_b.pause.remaining() <= 1.0  # ...which the retry loop then honours
+    assert 0.9 < host_b.pause.hit(retry_after=1.0) <= 1.0  # in flight: no escalation
+
+
+def test_a_pause_when_redis_is_gone_is_this_processes_own() -> None:
+    dead = connect(f"redis://127.0.0.1:{free_port()}/0")
+    b = RedisBudget(dead, PREFIX, rate=5.0, pause_base=0.5)
+    assert 0.4 < b.pause.hit() <= 0.5 and 0.0 < b.pause.remaining() <= 0.5

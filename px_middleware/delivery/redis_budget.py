@@ -33,11 +33,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
+from px_middleware.config import MAX_RETRY_WAIT, PXConfig
 from px_middleware.delivery.ratelimit import TokenBucket
+from px_middleware.delivery.retry import Pause
 
 if TYPE_CHECKING:
     import redis
@@ -81,7 +85,8 @@ redis.call('PEXPIRE', KEYS[1], 172800000)
 return {0, go - now}
 """
 
-# KEYS[1] = budget hash. ARGV: base_us, cap_us, reset_us. Answers {level, pause_us}.
+# KEYS[1] = budget hash. ARGV: base_us, cap_us, reset_us, retry_after_us (-1: none; PX
+# sends none, the stand-in may). Answers {level, pause_us}.
 _RATE_LIMITED = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -93,6 +98,7 @@ if now < pause_until then return {level, pause_until - now} end
 if now - pause_until > tonumber(ARGV[3]) then level = 0 end
 level = level + 1
 local pause = math.min(tonumber(ARGV[2]), tonumber(ARGV[1]) * 2 ^ (level - 1))
+if tonumber(ARGV[4]) >= 0 then pause = math.min(tonumber(ARGV[2]), tonumber(ARGV[4])) end
 redis.call('HSET', KEYS[1], 'pause_until', string.format('%.0f', now + pause),
            'pause_level', level)
 redis.call('HINCRBY', KEYS[1], 'pauses', 1)
@@ -141,7 +147,8 @@ class RedisBudget:
             self.daily_budget,
             round(horizon * 1e6),
         )
-        self._pause_args = tuple(round(s * 1e6) for s in (pause_base, pause_cap, pause_reset))
+        self.pause_base, self.pause_cap = pause_base, pause_cap
+        self._pause_args = [round(s * 1e6) for s in (pause_base, pause_cap, pause_reset)]
         self._client = client
         self._acquire = client.register_script(_ACQUIRE)
         self._rate_limited = client.register_script(_RATE_LIMITED)
@@ -154,6 +161,10 @@ class RedisBudget:
         self.counts: dict[str, int] = dict.fromkeys(
             ["granted", "paused", "refused_daily", "redis_errors", "fallback_grants"], 0
         )
+        #: The 429 pause to give the exporter: shared through this budget.
+        self.pause = SharedPause(self)
+        ref = weakref.ref(self)  # a sender thread may hold the lock at fork()
+        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
 
     # -- RateLimiter ---------------------------------------------------------------------
     def try_acquire(self) -> float:
@@ -197,16 +208,24 @@ class RedisBudget:
             self._hold(now + min(wait, 5.0))  # look again soon: the budget may be raised
         return wait
 
-    def rate_limited(self) -> float:
-        """PX answered 429: pause every sender that shares this budget. Returns the pause."""
+    def rate_limited(self, retry_after: float | None = None) -> float | None:
+        """PX answered 429: pause every sender that shares this budget. Returns the pause
+        in seconds, ``None`` when Redis could not be told (the caller pauses alone)."""
+        after = -1 if retry_after is None else round(max(retry_after, 0.0) * 1e6)
         try:
-            _level, pause_us = self._rate_limited(keys=[self.key], args=self._pause_args)
+            _level, pause_us = self._rate_limited(
+                keys=[self.key], args=[*self._pause_args, after]
+            )
         except Exception as exc:
             self._redis_failed(exc)
-            return 0.0
+            return None
         pause = int(pause_us) / 1e6
         self._hold(time.monotonic() + pause)
         return pause
+
+    def held(self) -> float:
+        """Seconds this process knows it must still wait (a pause, a spent day)."""
+        return max(self._hold_until - time.monotonic(), 0.0)
 
     # -- reporting -----------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -263,6 +282,58 @@ class RedisBudget:
                 return
             self._last_log[topic] = now
         log.warning(message, *args)
+
+
+class SharedPause(Pause):
+    """``retry.Pause`` for every process that shares a :class:`RedisBudget`.
+
+    ``hit`` (a 429) sets the shared pause in Redis; ``remaining`` is what this process
+    learnt from its last round trip (a paused acquire or its own ``hit``), so asking
+    costs nothing. When Redis cannot be told, the process pauses alone, as without Redis.
+    """
+
+    def __init__(self, budget: RedisBudget) -> None:
+        super().__init__(budget.pause_base, budget.pause_cap)
+        self._budget = budget
+
+    def hit(
+        self,
+        retry_after: float | None = None,
+        *,
+        base: float | None = None,
+        cap: float | None = None,
+    ) -> float:
+        shared = self._budget.rate_limited(retry_after)
+        if shared is None:
+            return super().hit(retry_after, base=base, cap=cap)
+        return shared
+
+    def remaining(self) -> float:
+        return max(super().remaining(), self._budget.held())
+
+
+def budget_for(config: PXConfig) -> RedisBudget:
+    """The shared budget for ``config.redis_url``: ``rate_limit`` requests/s for all
+    processes together and ``daily_budget`` (PX's 1,000,000 when unset) per UTC day."""
+    from px_middleware.delivery.redis_connect import connect
+
+    assert config.redis_url and config.api_key
+    return RedisBudget(
+        connect(config.redis_url),
+        key_prefix(config.api_key),
+        rate=config.rate_limit,
+        daily_budget=config.daily_budget,
+        pause_cap=MAX_RETRY_WAIT,
+    )
+
+
+def _after_fork(ref: weakref.ref[RedisBudget]) -> None:
+    budget = ref()
+    if budget is not None:
+        budget._lock = threading.Lock()
+        budget._local = threading.local()
+        budget.pause._reset()
+        budget._hold_until = 0.0
 
 
 def _text(value: bytes | str) -> str:
