@@ -2,7 +2,7 @@
 
 ``PXRestClient`` is blocking: delivery and the loader call it from their own threads.
 
-The client never retries: the delivery sender is the one retry layer. Failed calls raise
+The client never retries: ``delivery.retry`` is the one retry layer. Failed calls raise
 :class:`PXAPIError` (or a subclass); network failures propagate as ``httpx`` exceptions.
 """
 

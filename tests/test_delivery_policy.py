@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import email.utils
+import json
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from px_middleware.delivery import retry
-from px_middleware.delivery.outbox import Entry, MemoryOutbox, SQLiteOutbox
+from px_middleware.delivery.outbox import Entry, MemoryOutbox, Outbox, SQLiteOutbox
 from px_middleware.delivery.ratelimit import DAY, TokenBucket
 from px_middleware.delivery.retry import backoff, classify, retry_delay
 from px_middleware.rest import PXAPIError, PXRateLimited, parse_retry_after
@@ -190,15 +191,15 @@ def entries(n: int, size: int = 10, start: int = 0) -> list[Entry]:
 
 def test_memory_outbox_claim_ack_release() -> None:
     box = MemoryOutbox()
-    ids = box.put_many(entries(5))
+    ids = box.put_many(entries(5))  # keys s0 s1 s2 s0 s1
     assert ids == [1, 2, 3, 4, 5]
     first = box.claim(2)
-    assert [i.id for i in first] == [1, 2]
-    assert [i.id for i in box.claim(2)] == [3, 4]
+    assert [i.id for i in first] == [1, 4]  # a key's items go together, in order
+    assert [i.id for i in box.claim(2)] == [2, 5]
     box.ack([1])
-    box.release([2, 3])
+    box.release([2, 5])
     assert box.size() == 4
-    assert [i.id for i in box.claim(10)] == [2, 3, 5]  # released ones first, in order
+    assert [i.id for i in box.claim(10)] == [2, 3, 5]  # s0 is still held (4)
     box.ack([2, 3, 4, 5])
     assert box.size() == 0
     assert box.claim(1) == []
@@ -241,18 +242,18 @@ def test_sqlite_outbox_roundtrip_and_persistence(tmp_path: Path) -> None:
     again.close()
 
 
-def test_sqlite_outbox_claims_are_exclusive(tmp_path: Path) -> None:
+def test_sqlite_outbox_claims_are_exclusive_per_key(tmp_path: Path) -> None:
     path = str(tmp_path / "outbox.sqlite3")
     a, b = SQLiteOutbox(path), SQLiteOutbox(path)
-    a.put_many(entries(10))
+    a.put_many(entries(10))  # keys s0 s1 s2 s0 s1 s2 ...
     got_a = a.claim(4)
-    got_b = b.claim(100)
     assert [i.id for i in got_a] == [1, 2, 3, 4]
-    assert [i.id for i in got_b] == [5, 6, 7, 8, 9, 10]
-    assert b.claim(100) == []
-    b.release([5, 6])
+    assert b.claim(100) == []  # every key has an item leased by a: none for b
+    a.ack([1, 4])  # s0 is free again, and nothing else
+    assert [(i.id, i.key) for i in b.claim(100)] == [(7, "s0"), (10, "s0")]
+    a.release([2, 3])
     b.release([1])  # not b's claim: ignored
-    assert [i.id for i in a.claim(100)] == [5, 6]
+    assert [i.id for i in b.claim(100)] == [2, 3, 5, 6, 8, 9]
     a.close()
     b.close()
 
@@ -267,7 +268,7 @@ def test_sqlite_outbox_lease_expires_and_renews(tmp_path: Path) -> None:
     clock.advance(20)
     a.renew()
     clock.advance(20)  # 40 s after the claim, 20 s after the renewal
-    assert [i.id for i in b.claim(10)] == [2]
+    assert [i.id for i in b.claim(10)] == [2]  # the other key
     clock.advance(11)  # a's lease has lapsed (a crashed without releasing)
     assert [i.id for i in b.claim(10)] == [1]
     a.close()
@@ -411,3 +412,91 @@ def test_deadline_bounds_the_request_timeout() -> None:
     seen, request = _failing()
     retry.call(request, timeout=60.0, deadline=time.monotonic() + 5.0, pause=retry.Pause())
     assert seen[0] is not None and seen[0] <= 5.0
+
+
+# -- the outbox protocol, for every implementation ------------------------------------------
+@pytest.fixture(params=["memory", "sqlite"])
+def box(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Outbox]:
+    outbox: Outbox = (
+        MemoryOutbox(max_events=100)
+        if request.param == "memory"
+        else SQLiteOutbox(str(tmp_path / "o.sqlite3"), max_events=100)
+    )
+    yield outbox
+    outbox.close()
+
+
+def user(ident: str, **attrs: object) -> Entry:
+    return Entry("user", f"user:{ident}", json.dumps({"identifyId": ident, **attrs}).encode())
+
+
+def test_upserts_coalesce_to_the_latest_and_never_overtake(box: Outbox) -> None:
+    box.put_many([user("u1", plan="a", email="x@example.com")])
+    in_flight = box.claim(10)
+    assert [json.loads(i.data)["plan"] for i in in_flight] == ["a"]
+    box.put_many([user("u1", plan="b"), user("u1", plan="c", customAttributes={"k": 1})])
+    box.put_many([user("u1", customAttributes={"j": 2})])
+    assert box.claim(10) == []  # "a" is in flight: the newer one waits behind it
+    box.ack([in_flight[0].id])
+    (latest,) = box.claim(10)
+    assert json.loads(latest.data) == {
+        "identifyId": "u1",
+        "plan": "c",
+        "customAttributes": {"k": 1, "j": 2},
+    }
+    assert box.size() == 1
+
+
+def test_release_with_failure_parks_the_key_and_counts(box: Outbox) -> None:
+    box.put_many(
+        [Entry("event", "s", b"{}"), Entry("event", "s", b"{}"), Entry("event", "t", b"{}")]
+    )
+    first = box.claim(10)
+    assert [i.id for i in first] == [1, 2, 3]
+    box.release([1, 2], failed=1, error="PX API 503", retry_at=time.time() + 60)
+    box.ack([3])
+    assert box.claim(10) == []  # parked: nothing of key s before retry_at
+    assert box.stats()["parked"] >= 1
+    box.release([], failed=0)
+    if isinstance(box, SQLiteOutbox):
+        box._db.execute("UPDATE px_outbox SET retry_at = 0")
+    else:
+        assert isinstance(box, MemoryOutbox)
+        box.unpark()
+    again = box.claim(10)
+    assert [(i.id, i.attempts) for i in again][:1] == [(1, 1)]
+    assert again[0].first_failure > 0
+
+
+def test_bury_moves_to_the_dead_letter_and_unblocks_the_key(box: Outbox) -> None:
+    box.put_many([Entry("event", "s", b'{"n":1}'), Entry("event", "s", b'{"n":2}')])
+    poison, after = box.claim(10)
+    box.bury([poison.id], "PX API 500: always")
+    box.release([after.id])
+    assert [i.id for i in box.claim(10)] == [after.id]
+    (dead,) = box.dead()
+    assert (dead.id, dead.error, dead.data) == (poison.id, "PX API 500: always", b'{"n":1}')
+    assert box.stats()["dead"] == 1
+    assert box.revive() == 1
+    assert box.dead() == [] and box.size() == 2
+    box.put_many([Entry("event", "z", b"{}")])
+    (z,) = [i for i in box.claim(10) if i.key == "z"]
+    box.bury([z.id], "again")
+    assert box.purge() == 1 and box.dead() == []
+
+
+def test_size_bound_counts_rows_not_the_id_range(box: Outbox) -> None:
+    box.put_many([Entry("event", "old", b"{}")])  # one old row that never leaves
+    for _ in range(5):
+        ids = box.put_many([Entry("event", "s", b"{}") for _ in range(50)])
+        assert None not in ids
+        box.ack([i.id for i in box.claim(1000) if i.key == "s"])
+    assert box.size() == 1
+    assert box.put_many([Entry("event", "s", b"{}")] * 100).count(None) == 1  # 100 rows
+
+
+def test_oldest_is_the_lowest_stored_id(box: Outbox) -> None:
+    assert box.oldest() is None
+    box.put_many(entries(3))
+    box.ack([i.id for i in box.claim(10) if i.id == 1])
+    assert box.oldest() == 2

@@ -1,12 +1,22 @@
 """Reliable delivery of server-side events and user/account upserts to Gainsight PX.
 
-``capture()`` costs microseconds on the request path; background threads batch, rate
-limit, retry and (with ``PXConfig.outbox_path``) persist items in SQLite until PX has
-acknowledged them. See ``sender`` for the pipeline, ``outbox`` for storage, ``retry``
-and ``ratelimit`` for the policies, ``registry`` for the per-process instance.
+``capture()`` costs microseconds on the request path; background threads store, rate
+limit, send and retry items (with ``PXConfig.outbox_path``, in SQLite until PX has
+acknowledged them). Split as OpenTelemetry splits a BatchProcessor from its exporter:
+``worker`` (queue, dispatcher, lanes, flush, shutdown, fork), ``exporter`` (bodies to
+PX), ``outbox`` (the storage protocol: order per key, latest-wins upserts, dead
+letter), ``retry`` (the one retry loop and the shared 429 pause), ``ratelimit``,
+``notices`` (rate-limited warnings) and ``registry`` (the per-process instance).
 """
 
-from px_middleware.delivery.outbox import Entry, Item, MemoryOutbox, Outbox, SQLiteOutbox
+from px_middleware.delivery.outbox import (
+    DeadItem,
+    Entry,
+    Item,
+    MemoryOutbox,
+    Outbox,
+    SQLiteOutbox,
+)
 from px_middleware.delivery.ratelimit import RateLimiter, TokenBucket
 from px_middleware.delivery.registry import (
     get_delivery,
@@ -14,9 +24,10 @@ from px_middleware.delivery.registry import (
     shutdown_all,
     tracker_for,
 )
-from px_middleware.delivery.sender import Delivery
+from px_middleware.delivery.worker import Delivery
 
 __all__ = [
+    "DeadItem",
     "Delivery",
     "Entry",
     "Item",

@@ -1,64 +1,111 @@
-"""Where captured items wait until PX has acknowledged them.
+"""Where captured items wait until PX has acknowledged them: the outbox protocol.
 
-An :class:`Outbox` holds encoded items in arrival order. The sender *claims* items
-before sending them and *acks* them once PX answered (or they were dropped for good);
-only then are they deleted, so a crash between send and ack resends rather than loses
-(at-least-once; every event carries a fixed ``eventId``).
+Every item has an *ordering key* (the session id for events, ``user:<id>`` or
+``account:<id>`` for upserts). An :class:`Outbox` promises, for every handle that
+shares it (threads, processes, hosts):
 
-- :class:`MemoryOutbox`: bounded in events and bytes, lost with the process.
-- :class:`SQLiteOutbox`: a WAL-mode SQLite file that survives a PX outage and a process
-  restart, shared safely by several worker processes through leases.
+1. **One sender per key.** ``claim`` hands out a key's items only when no handle holds
+   any item of that key, and all of a key's claimed items go to the one caller, in
+   capture order (ascending ids). A key stays held until each claimed item is acked,
+   released or buried, or its lease lapses (a crashed holder).
+2. **Latest wins for upserts.** ``put_many`` of a ``user``/``account`` entry merges any
+   unclaimed older upsert of the same key into it (newer attributes win) and stores
+   the result as the key's newest item; one already claimed (in flight) stays, so the
+   newer one is sent after it, never overtaken.
+3. **At-least-once.** Items are deleted only by ``ack`` (PX answered) or moved by
+   ``bury`` (the dead letter); ``release`` gives them back, optionally counting a
+   failed attempt and keeping the key parked until ``retry_at`` (wall-clock seconds).
+4. **Bounded.** ``put_many`` refuses the newest entries past ``max_events`` items
+   stored (rows, not an id range).
+
+Implementations: :class:`MemoryOutbox` (this process only, lost with it) and
+:class:`SQLiteOutbox` (a WAL-mode file shared by the processes of one host). A Redis
+outbox implements the same protocol for many hosts. The worker uses nothing else.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import os
 import socket
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
-from typing import NamedTuple, Protocol
+from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any, NamedTuple, Protocol
+
+UPSERT_KINDS = frozenset({"user", "account"})
 
 
 class Entry(NamedTuple):
     """An item to store: what it is, its ordering key, and its JSON body (encoded once)."""
 
     kind: str
-    #: Items with the same route are sent in order (a session, a user, an account).
-    route: str
+    #: Items with the same key are sent one at a time, in order (a session, a user).
+    key: str
     data: bytes
 
 
 class Item(NamedTuple):
-    """A stored item, identified by the outbox; ids grow in arrival order."""
+    """A stored item; ids grow in capture order within a key."""
 
     id: int
     kind: str
-    route: str
+    key: str
     data: bytes
+    #: Failed attempts so far, and when the first of them happened (wall clock, 0: none).
+    attempts: int = 0
+    first_failure: float = 0.0
+
+
+class DeadItem(NamedTuple):
+    """An item in the dead letter: it failed ``attempts`` times; ``error`` was the last."""
+
+    id: int
+    kind: str
+    key: str
+    data: bytes
+    attempts: int
+    error: str
+    buried: float
 
 
 class Outbox(Protocol):
     """Storage for items between capture and PX's acknowledgement. Thread-safe."""
 
+    #: Whether stored items outlive the process (``flush`` then waits for storage only).
+    durable: bool
+
     def put_many(self, entries: Sequence[Entry]) -> list[int | None]:
         """Store entries in order; returns their ids, ``None`` for each one refused
-        because the outbox is full (the newest entries are the ones refused)."""
+        because the outbox is full (the newest are refused). Upserts coalesce (2.)."""
         ...
 
     def claim(self, n: int) -> list[Item]:
-        """Lease up to ``n`` of the oldest unclaimed items to this outbox handle."""
+        """Lease up to ``n`` items of keys nobody holds, oldest first (1.)."""
         ...
 
     def ack(self, ids: Collection[int]) -> None:
-        """Delete items: PX acknowledged them, or they were dropped for good."""
+        """Delete claimed items: PX acknowledged them, or rejected them for good."""
         ...
 
-    def release(self, ids: Collection[int]) -> None:
-        """Give claimed items back unsent, so they are claimed again first."""
+    def release(
+        self,
+        ids: Collection[int],
+        *,
+        failed: int = 0,
+        error: str = "",
+        retry_at: float = 0.0,
+    ) -> None:
+        """Give claimed items back unsent. ``failed`` attempts are added to each (with
+        ``error`` as the last error), and their keys are not claimable before
+        ``retry_at`` (``time.time()`` seconds)."""
+        ...
+
+    def bury(self, ids: Collection[int], error: str) -> None:
+        """Move claimed items to the dead letter; their keys' later items go on."""
         ...
 
     def renew(self) -> None:
@@ -66,7 +113,27 @@ class Outbox(Protocol):
         ...
 
     def size(self) -> int:
-        """Items stored, claimed or not."""
+        """Items stored (claimed or not), dead letter excluded."""
+        ...
+
+    def oldest(self) -> int | None:
+        """The lowest id still stored, or ``None`` when empty."""
+        ...
+
+    def stats(self) -> dict[str, int]:
+        """``stored``, ``claimed``, ``parked`` (waiting for ``retry_at``) and ``dead``."""
+        ...
+
+    def dead(self, limit: int = 100) -> list[DeadItem]:
+        """The dead letter, oldest first."""
+        ...
+
+    def revive(self, ids: Collection[int] | None = None) -> int:
+        """Put dead items (all when ``None``) back to be sent again; returns how many."""
+        ...
+
+    def purge(self, ids: Collection[int] | None = None) -> int:
+        """Delete dead items (all when ``None``) for good; returns how many."""
         ...
 
     def fork(self) -> Outbox:
@@ -76,6 +143,19 @@ class Outbox(Protocol):
     def close(self) -> None: ...
 
 
+def coalesce(older: Iterable[bytes], newest: bytes) -> bytes:
+    """One upsert body from several of the same entity: later attributes win."""
+    merged: dict[str, object] = {}
+    for data in (*older, newest):
+        body = json.loads(data)
+        for field, value in body.items():
+            old = merged.get(field)
+            if isinstance(old, dict) and isinstance(value, dict):
+                value = {**old, **value}  # customAttributes: keep the older other keys
+            merged[field] = value
+    return json.dumps(merged, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 class MemoryOutbox:
     """An in-process outbox bounded by ``max_events`` items and ``max_bytes`` of JSON.
 
@@ -83,55 +163,177 @@ class MemoryOutbox:
     so a burst cannot push out events that have waited longest.
     """
 
+    durable = False
+
     def __init__(self, max_events: int = 10_000, max_bytes: int = 16 * 1024 * 1024) -> None:
         self.max_events = max_events
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._pending: collections.deque[Item] = collections.deque()
+        self._pending: dict[str, collections.deque[Item]] = {}  # key -> unclaimed items
+        self._ready: collections.deque[str] = collections.deque()  # keys free to claim
+        self._held: dict[str, int] = {}  # key -> items claimed and not settled
+        self._parked: dict[str, float] = {}  # key -> retry_at
         self._claimed: dict[int, Item] = {}
+        self._live: dict[int, None] = {}  # every stored id, ascending (insertion order)
+        self._dead: collections.deque[DeadItem] = collections.deque(maxlen=1000)
         self._bytes = 0
         self._next_id = 1
 
     def put_many(self, entries: Sequence[Entry]) -> list[int | None]:
         ids: list[int | None] = []
         with self._lock:
-            for kind, route, data in entries:
-                count = len(self._pending) + len(self._claimed)
-                if count >= self.max_events or self._bytes + len(data) > self.max_bytes:
+            for kind, key, data in entries:
+                queue = self._pending.get(key)
+                if kind in UPSERT_KINDS and queue:
+                    older = [item for item in queue if item.kind == kind]
+                    if older:
+                        data = coalesce([item.data for item in older], data)
+                        for item in older:
+                            queue.remove(item)
+                            self._forget(item)
+                if len(self._live) >= self.max_events or self._bytes + len(data) > self.max_bytes:
                     ids.append(None)
                     continue
-                item = Item(self._next_id, kind, route, data)
+                item = Item(self._next_id, kind, key, data)
                 self._next_id += 1
-                self._pending.append(item)
+                self._live[item.id] = None
                 self._bytes += len(data)
+                if queue is None:
+                    queue = self._pending[key] = collections.deque()
+                if not queue and key not in self._held and key not in self._parked:
+                    self._ready.append(key)
+                queue.append(item)
                 ids.append(item.id)
         return ids
 
+    def _forget(self, item: Item) -> None:
+        self._live.pop(item.id, None)
+        self._bytes -= len(item.data)
+
     def claim(self, n: int) -> list[Item]:
+        items: list[Item] = []
         with self._lock:
-            items = [self._pending.popleft() for _ in range(min(n, len(self._pending)))]
-            for item in items:
-                self._claimed[item.id] = item
+            if self._parked:
+                now = time.time()
+                for key in [k for k, at in self._parked.items() if at <= now]:
+                    del self._parked[key]
+                    if self._pending.get(key) and key not in self._held:
+                        self._ready.append(key)
+            while self._ready and len(items) < n:
+                key = self._ready.popleft()
+                queue = self._pending.get(key)
+                if not queue or key in self._held or key in self._parked:
+                    continue
+                take = min(n - len(items), len(queue))
+                for _ in range(take):
+                    item = queue.popleft()
+                    self._claimed[item.id] = item
+                    items.append(item)
+                self._held[key] = take
+                if not queue:
+                    del self._pending[key]
+        items.sort()
         return items
+
+    def _settle(self, key: str, count: int) -> None:
+        left = self._held.get(key, 0) - count
+        if left > 0:
+            self._held[key] = left
+            return
+        self._held.pop(key, None)
+        if self._pending.get(key) and key not in self._parked:
+            self._ready.appendleft(key)  # it has waited longest
 
     def ack(self, ids: Collection[int]) -> None:
         with self._lock:
             for item_id in ids:
                 item = self._claimed.pop(item_id, None)
                 if item is not None:
-                    self._bytes -= len(item.data)
+                    self._forget(item)
+                    self._settle(item.key, 1)
 
-    def release(self, ids: Collection[int]) -> None:
+    def release(
+        self,
+        ids: Collection[int],
+        *,
+        failed: int = 0,
+        error: str = "",
+        retry_at: float = 0.0,
+    ) -> None:
         with self._lock:
-            items = sorted((self._claimed.pop(i) for i in ids if i in self._claimed), reverse=True)
-            self._pending.extendleft(items)  # back at the front, oldest first
+            items = sorted(self._claimed.pop(i) for i in ids if i in self._claimed)
+            now = time.time()
+            for item in reversed(items):  # back at the front of their keys, oldest first
+                if failed:
+                    item = item._replace(
+                        attempts=item.attempts + failed, first_failure=item.first_failure or now
+                    )
+                self._pending.setdefault(item.key, collections.deque()).appendleft(item)
+            for item in items:
+                if retry_at > now:
+                    self._parked[item.key] = max(self._parked.get(item.key, 0.0), retry_at)
+                self._settle(item.key, 1)
+
+    def bury(self, ids: Collection[int], error: str) -> None:
+        with self._lock:
+            for item_id in ids:
+                item = self._claimed.pop(item_id, None)
+                if item is None:
+                    continue
+                self._forget(item)
+                self._dead.append(
+                    DeadItem(
+                        item.id, item.kind, item.key, item.data, item.attempts, error, time.time()
+                    )
+                )
+                self._settle(item.key, 1)
+
+    def unpark(self) -> None:
+        """Make parked keys claimable now (shutdown: one last try before they are lost)."""
+        with self._lock:
+            for key in self._parked:
+                if self._pending.get(key) and key not in self._held:
+                    self._ready.append(key)
+            self._parked.clear()
 
     def renew(self) -> None:
         """Nothing to do: only this process sees these items."""
 
     def size(self) -> int:
         with self._lock:
-            return len(self._pending) + len(self._claimed)
+            return len(self._live)
+
+    def oldest(self) -> int | None:
+        with self._lock:
+            return next(iter(self._live), None)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "stored": len(self._live),
+                "claimed": len(self._claimed),
+                "parked": len(self._parked),
+                "dead": len(self._dead),
+            }
+
+    def dead(self, limit: int = 100) -> list[DeadItem]:
+        with self._lock:
+            return list(self._dead)[:limit]
+
+    def revive(self, ids: Collection[int] | None = None) -> int:
+        with self._lock:
+            chosen = [d for d in self._dead if ids is None or d.id in ids]
+            for d in chosen:
+                self._dead.remove(d)
+        self.put_many([Entry(d.kind, d.key, d.data) for d in chosen])
+        return len(chosen)
+
+    def purge(self, ids: Collection[int] | None = None) -> int:
+        with self._lock:
+            chosen = [d for d in self._dead if ids is None or d.id in ids]
+            for d in chosen:
+                self._dead.remove(d)
+        return len(chosen)
 
     def fork(self) -> MemoryOutbox:
         """An empty outbox: the parent process still owns and sends what it holds."""
@@ -151,8 +353,30 @@ CREATE TABLE IF NOT EXISTS px_outbox (
     owner TEXT,
     lease_until REAL NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS px_outbox_owner ON px_outbox(owner) WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS px_dead (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    route TEXT NOT NULL,
+    data BLOB NOT NULL,
+    attempts INTEGER NOT NULL,
+    error TEXT NOT NULL,
+    buried REAL NOT NULL
+);
 """
+# Columns added after the first release: an older file is migrated in place.
+_COLUMNS = {
+    "attempts": "INTEGER NOT NULL DEFAULT 0",
+    "first_failure": "REAL NOT NULL DEFAULT 0",
+    "retry_at": "REAL NOT NULL DEFAULT 0",
+    "last_error": "TEXT",
+}
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS px_outbox_owner ON px_outbox(owner) WHERE owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS px_outbox_route ON px_outbox(route, id);
+CREATE INDEX IF NOT EXISTS px_outbox_lease ON px_outbox(lease_until);
+CREATE INDEX IF NOT EXISTS px_outbox_retry ON px_outbox(retry_at);
+"""
+_ITEM_COLUMNS = "id, kind, route, data, attempts, first_failure"
 
 # Connections inherited through fork() must never be used or closed by the child (closing
 # could checkpoint the WAL under the parent's feet), so the child parks them here.
@@ -164,15 +388,15 @@ class SQLiteOutbox:
 
     WAL mode lets readers and one writer proceed together; ``busy_timeout`` makes a
     writer wait for another process instead of failing. A claim writes this handle's
-    owner (``host/pid/token``) and a lease expiry on the rows; other handles skip leased
-    rows, so two processes never send the same row at the same time. Leases are renewed
-    while held; a crashed process's rows come back when its lease expires or, sooner,
-    when another process on the same host sees that its pid is gone. AUTOINCREMENT ids
-    are never reused, so a late ack cannot delete a newer row.
-
-    Overflow: at ``max_events`` rows (an upper bound computed from the id range, cheap on
-    any table size), the newest entries are refused.
+    owner (``host/pid/token``) and a lease expiry on the rows; no handle claims a row
+    whose key has a live lease or a ``retry_at`` in the future, which is the "one
+    sender per key" rule across processes. Leases are renewed while held; a crashed
+    process's rows come back when its lease expires or, sooner, when another process on
+    the same host sees that its pid is gone. AUTOINCREMENT ids are never reused, so a
+    late ack cannot delete a newer row. Dead items live in the ``px_dead`` table.
     """
+
+    durable = True
 
     def __init__(
         self,
@@ -205,7 +429,22 @@ class SQLiteOutbox:
             # power loss can lose the last commits, which is not worth an fsync per batch.
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.executescript(_SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(px_outbox)")}
+            for name, decl in _COLUMNS.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE px_outbox ADD COLUMN {name} {decl}")
+            self._db.executescript(_INDEXES)
         self._reap_dead_owners()
+
+    def _write(self, work: Callable[[sqlite3.Connection], None]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                work(self._db)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     # -- writes ---------------------------------------------------------------------
     def put_many(self, entries: Sequence[Entry]) -> list[int | None]:
@@ -213,24 +452,34 @@ class SQLiteOutbox:
             return []
         now = self._clock()
         ids: list[int | None] = []
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                (used,) = self._db.execute(
-                    "SELECT COALESCE(MAX(id) - MIN(id) + 1, 0) FROM px_outbox"
-                ).fetchone()
-                room = max(self.max_events - int(used), 0)
-                for kind, route, data in entries[:room]:
-                    cursor = self._db.execute(
-                        "INSERT INTO px_outbox (kind, route, data, created) VALUES (?, ?, ?, ?)",
-                        (kind, route, data, now),
-                    )
-                    ids.append(cursor.lastrowid)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        ids.extend([None] * (len(entries) - len(ids)))
+
+        def work(db: sqlite3.Connection) -> None:
+            (stored,) = db.execute("SELECT COUNT(*) FROM px_outbox").fetchone()
+            room = self.max_events - int(stored)
+            for kind, key, data in entries:
+                if kind in UPSERT_KINDS:
+                    older = db.execute(
+                        "SELECT id, data FROM px_outbox WHERE route = ? AND kind = ?"
+                        " AND lease_until <= ? ORDER BY id",
+                        (key, kind, now),
+                    ).fetchall()
+                    if older:
+                        data = coalesce([bytes(row[1]) for row in older], data)
+                        db.executemany(
+                            "DELETE FROM px_outbox WHERE id = ?", [(row[0],) for row in older]
+                        )
+                        room += len(older)
+                if room <= 0:
+                    ids.append(None)
+                    continue
+                cursor = db.execute(
+                    "INSERT INTO px_outbox (kind, route, data, created) VALUES (?, ?, ?, ?)",
+                    (kind, key, data, now),
+                )
+                ids.append(cursor.lastrowid)
+                room -= 1
+
+        self._write(work)
         return ids
 
     def claim(self, n: int) -> list[Item]:
@@ -239,46 +488,85 @@ class SQLiteOutbox:
         now = self._clock()
         with self._lock:
             rows = self._db.execute(
-                "UPDATE px_outbox SET owner = ?, lease_until = ? WHERE id IN ("
-                " SELECT id FROM px_outbox WHERE lease_until <= ? ORDER BY id LIMIT ?"
-                ") RETURNING id, kind, route, data",
+                "UPDATE px_outbox SET owner = ?1, lease_until = ?2 WHERE id IN ("
+                " SELECT id FROM px_outbox WHERE lease_until <= ?3 AND retry_at <= ?3"
+                " AND route NOT IN (SELECT route FROM px_outbox WHERE lease_until > ?3"
+                "  UNION ALL SELECT route FROM px_outbox WHERE retry_at > ?3)"
+                f" ORDER BY id LIMIT ?4) RETURNING {_ITEM_COLUMNS}",
                 (self.owner, now + self.lease, now, n),
             ).fetchall()
-        return sorted(Item(int(r[0]), r[1], r[2], bytes(r[3])) for r in rows)
+        return sorted(_item(row) for row in rows)
 
     def ack(self, ids: Collection[int]) -> None:
         self._by_ids("DELETE FROM px_outbox WHERE id IN ({})", ids, ())
 
-    def release(self, ids: Collection[int]) -> None:
+    def release(
+        self,
+        ids: Collection[int],
+        *,
+        failed: int = 0,
+        error: str = "",
+        retry_at: float = 0.0,
+    ) -> None:
+        if failed:
+            self._by_ids(
+                "UPDATE px_outbox SET owner = NULL, lease_until = 0, attempts = attempts + ?,"
+                " last_error = ?, retry_at = ?,"
+                " first_failure = CASE first_failure WHEN 0 THEN ? ELSE first_failure END"
+                " WHERE owner = ? AND id IN ({})",
+                ids,
+                (failed, error, retry_at, self._clock(), self.owner),
+            )
+            return
         self._by_ids(
-            "UPDATE px_outbox SET owner = NULL, lease_until = 0 WHERE owner = ? AND id IN ({})",
+            "UPDATE px_outbox SET owner = NULL, lease_until = 0, retry_at = ?"
+            " WHERE owner = ? AND id IN ({})",
             ids,
-            (self.owner,),
+            (retry_at, self.owner),
+        )
+
+    def bury(self, ids: Collection[int], error: str) -> None:
+        now = self._clock()
+        self._by_ids(
+            "INSERT OR REPLACE INTO px_dead (id, kind, route, data, attempts, error, buried)"
+            " SELECT id, kind, route, data, attempts, ?, ? FROM px_outbox"
+            " WHERE owner = ? AND id IN ({})",
+            ids,
+            (error, now, self.owner),
+            then="DELETE FROM px_outbox WHERE owner = ? AND id IN ({})",
+            then_params=(self.owner,),
         )
 
     def renew(self) -> None:
         with self._lock:
             self._db.execute(
-                "UPDATE px_outbox SET lease_until = ? WHERE owner = ?",
+                "UPDATE px_outbox SET lease_until = ? WHERE owner = ? AND lease_until > 0",
                 (self._clock() + self.lease, self.owner),
             )
         self._reap_dead_owners()
 
-    def _by_ids(self, sql: str, ids: Collection[int], params: tuple[str, ...]) -> None:
+    def _by_ids(
+        self,
+        sql: str,
+        ids: Collection[int],
+        params: tuple[object, ...],
+        *,
+        then: str | None = None,
+        then_params: tuple[object, ...] = (),
+    ) -> None:
         id_list = list(ids)
         if not id_list:
             return
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for start in range(0, len(id_list), 500):
-                    chunk = id_list[start : start + 500]
-                    marks = ",".join("?" * len(chunk))
-                    self._db.execute(sql.format(marks), (*params, *chunk))
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+
+        def work(db: sqlite3.Connection) -> None:
+            for start in range(0, len(id_list), 500):
+                chunk = id_list[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                db.execute(sql.format(marks), (*params, *chunk))
+                if then is not None:
+                    db.execute(then.format(marks), (*then_params, *chunk))
+
+        self._write(work)
 
     def _reap_dead_owners(self) -> None:
         """Release leases of processes on this host that no longer exist."""
@@ -300,11 +588,71 @@ class SQLiteOutbox:
                         (owner,),
                     )
 
-    # -- reads and lifecycle ----------------------------------------------------------
+    # -- reads, the dead letter and lifecycle -------------------------------------------
     def size(self) -> int:
         with self._lock:
             (count,) = self._db.execute("SELECT COUNT(*) FROM px_outbox").fetchone()
         return int(count)
+
+    def oldest(self) -> int | None:
+        with self._lock:
+            (lowest,) = self._db.execute("SELECT MIN(id) FROM px_outbox").fetchone()
+        return None if lowest is None else int(lowest)
+
+    def stats(self) -> dict[str, int]:
+        now = self._clock()
+        with self._lock:
+            stored, claimed, parked = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(lease_until > ?), 0),"
+                " COALESCE(SUM(retry_at > ?), 0) FROM px_outbox",
+                (now, now),
+            ).fetchone()
+            (dead,) = self._db.execute("SELECT COUNT(*) FROM px_dead").fetchone()
+        return {"stored": stored, "claimed": claimed, "parked": parked, "dead": dead}
+
+    def dead(self, limit: int = 100) -> list[DeadItem]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, kind, route, data, attempts, error, buried FROM px_dead"
+                " ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [DeadItem(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6]) for r in rows]
+
+    def revive(self, ids: Collection[int] | None = None) -> int:
+        return self._from_dead(
+            "INSERT INTO px_outbox (kind, route, data, created)"
+            " SELECT kind, route, data, ? FROM px_dead",
+            ids,
+            (self._clock(),),
+        )
+
+    def purge(self, ids: Collection[int] | None = None) -> int:
+        return self._from_dead(None, ids, ())
+
+    def _from_dead(
+        self, copy: str | None, ids: Collection[int] | None, params: tuple[object, ...]
+    ) -> int:
+        where, chosen = (
+            ("", ())
+            if ids is None
+            else (
+                " WHERE id IN ({})".format(",".join("?" * len(ids))),
+                tuple(ids),
+            )
+        )
+        moved = 0
+
+        def work(db: sqlite3.Connection) -> None:
+            nonlocal moved
+            if copy is not None:
+                db.execute(copy + where + " ORDER BY id", (*params, *chosen))
+            moved = db.execute("DELETE FROM px_dead" + where, chosen).rowcount
+
+        if ids is not None and not ids:
+            return 0
+        self._write(work)
+        return moved
 
     def fork(self) -> SQLiteOutbox:
         """A new connection and owner for a forked child; the inherited one is parked."""
@@ -323,6 +671,11 @@ class SQLiteOutbox:
             return
         with self._lock:
             self._db.close()
+
+
+def _item(row: Any) -> Item:
+    ident, kind, key, data, attempts, first_failure = row
+    return Item(int(ident), kind, key, bytes(data), int(attempts), float(first_failure))
 
 
 def _pid_alive(pid: int) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 from px_middleware.config import SHUTDOWN_TIMEOUT, PXConfig
 from px_middleware.core.counters import Counters
 from px_middleware.core.tracking import Tracker
-from px_middleware.delivery.sender import Delivery
+from px_middleware.delivery.worker import Delivery
 
 _registry: dict[tuple[str, str, str | None], Delivery] = {}
 _lock = threading.Lock()

@@ -91,7 +91,7 @@ def retry_delay(
 
 
 class Pause:
-    """"PX said slow down": a deadline every caller waits for, shared by threads.
+    """ "PX said slow down": a deadline every caller waits for, shared by threads.
 
     Each 429 in a row doubles the pause (``base``, ``2 * base``, ... up to ``cap``,
     without jitter: one process pauses as a whole); a success resets it. A

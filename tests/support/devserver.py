@@ -61,6 +61,7 @@ class DevServer:
         hash_field: str = "id",
         host: str = "127.0.0.1",
         startup_timeout: float = 20.0,
+        accept_event_lists: bool = True,
     ) -> None:
         self.db_path = Path(db_path)
         self.port = port
@@ -71,6 +72,7 @@ class DevServer:
         self.hash_encoding = hash_encoding
         self.hash_field = hash_field
         self.startup_timeout = startup_timeout
+        self.accept_event_lists = accept_event_lists
         #: Exit code of the last process once stopped (0 after a clean SIGTERM).
         self.returncode: int | None = None
         self._process: subprocess.Popen[str] | None = None
@@ -120,6 +122,7 @@ class DevServer:
             "--rate-limit", str(self.rate_limit),
             "--hash-encoding", self.hash_encoding,
             "--hash-field", self.hash_field,
+            "--accept-event-lists" if self.accept_event_lists else "--no-accept-event-lists",
         ]  # fmt: skip
 
     def start(self) -> None:

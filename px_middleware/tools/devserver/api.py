@@ -126,9 +126,11 @@ def event_filters(request: Request) -> dict[str, str]:
     return dict(request.query_params)
 
 
-def event_routes(store: Store) -> list[BaseRoute]:
+def event_routes(store: Store, *, accept_lists: bool = True) -> list[BaseRoute]:
     async def post_events(request: Request) -> Response:
         items, many = items_of(await read_json(request))
+        if many and not accept_lists:  # PX documents one CustomEvent per request
+            raise ApiError(400, "the body must be one CustomEvent object, not a list")
         errors = [
             error
             for index, item in enumerate(items)
@@ -148,9 +150,9 @@ def event_routes(store: Store) -> list[BaseRoute]:
     ]
 
 
-def api_routes(store: Store) -> list[BaseRoute]:
+def api_routes(store: Store, *, accept_event_lists: bool = True) -> list[BaseRoute]:
     return [
         *record_routes(store, USER, "users"),
         *record_routes(store, ACCOUNT, "accounts"),
-        *event_routes(store),
+        *event_routes(store, accept_lists=accept_event_lists),
     ]

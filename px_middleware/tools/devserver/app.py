@@ -36,6 +36,7 @@ def create_app(
     hash_encoding: HashEncoding = "hex",
     hash_field: str = "id",
     rate_limit: float = DEFAULT_RATE_LIMIT,
+    accept_event_lists: bool = True,
 ) -> ASGIApp:
     """The whole stand-in as one ASGI app; the SQLite store closes on lifespan shutdown."""
     if hash_field not in ("id", "email"):
@@ -77,7 +78,7 @@ def create_app(
             store.close()
 
     routes = [
-        *api_routes(store),
+        *api_routes(store, accept_event_lists=accept_event_lists),
         *control_routes(store, faults, bucket),
         *sdk_routes(
             store, hmac_secret=hmac_secret, hash_field=hash_field, hash_encoding=hash_encoding

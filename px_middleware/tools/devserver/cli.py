@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rate-limit", type=float, default=DEFAULT_RATE_LIMIT, help="API requests per second"
     )
+    parser.add_argument(
+        "--accept-event-lists",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="take a list of events in one POST (PX documents one event per request)",
+    )
     return parser
 
 
@@ -82,6 +88,7 @@ def main(argv: list[str]) -> int:
         hash_encoding=args.hash_encoding,
         hash_field=args.hash_field,
         rate_limit=args.rate_limit,
+        accept_event_lists=args.accept_event_lists,
     )
     print(f"REST API {url}/v1 (X-APTRINSIC-API-KEY: {args.api_key})", file=sys.stderr)
     print(f"web SDK {url}/api/aptrinsic.js · dashboard {url}/", file=sys.stderr)

@@ -1,23 +1,27 @@
-"""``Delivery``: the per-process pipeline from ``capture()`` to PX.
+"""``Delivery``, the worker: queue, dispatcher, lanes, flush, shutdown and fork.
 
 The request path only appends ``(kind, body)`` to a deque (no JSON, no I/O, no lock).
-Behind it, one *dispatcher* thread encodes what was captured, stores it in the outbox
-in batches, claims stored items and hands them to ``concurrency`` *lane* threads. Each
-lane sends its items in order: consecutive events as one batch request, each user or
-account as an upsert. Items with the same route (session, user, account) always go to
-the same lane, and a lane retries an item before sending anything after it, so per
-route order survives retries, while lanes run in parallel over keep-alive connections.
+Behind it one *dispatcher* thread opens the outbox first (durable first: captured
+items are stored before any HTTP client exists), encodes and stores what was captured
+in one write per pass, claims stored items and hands each key's items to one of
+``concurrency`` *lane* threads. A lane gives a key's items to the :class:`Exporter`,
+which sends them in order through the one retry loop, and settles each by its result:
 
-Items leave the outbox only when PX has acknowledged them or they were dropped for
-good (a non-retryable 4xx), so delivery is at-least-once, deduplicable by ``eventId``.
+- sent, or refused for good: ``ack`` (deleted), counted, a refusal logged;
+- failed: ``release`` with the failure counted and the key parked for a backoff, so
+  the lane goes on with other keys; after ``max_attempts`` failures over at least
+  ``dead_letter_after`` seconds: ``bury`` (the dead letter), logged at WARNING;
+- not tried (behind a failure, or stopping): ``release``.
+
+The outbox decides who may send a key (one sender at a time, across processes), so
+the worker keeps no per-item bookkeeping of its own: ``flush`` waits until what this
+process captured is stored (a durable outbox) or gone from the memory outbox.
 """
 
 from __future__ import annotations
 
-import bisect
 import collections
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -26,26 +30,23 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from px_middleware.config import MAX_RETRY_WAIT, SHUTDOWN_TIMEOUT, PXConfig
 from px_middleware.delivery import retry
+from px_middleware.delivery.exporter import Exporter, Result
+from px_middleware.delivery.notices import Notices
 from px_middleware.delivery.outbox import Entry, Item, MemoryOutbox, Outbox, SQLiteOutbox
 from px_middleware.delivery.ratelimit import RateLimiter, TokenBucket
-from px_middleware.rest import PXAPIError, PXAuthError, PXRestClient
 
 log = logging.getLogger("px_middleware.delivery")
 
 KINDS = frozenset({"event", "user", "account"})
-#: Events per ``POST /events/custom`` request, and a cap on the request size.
-BATCH_SIZE = 100
-BATCH_BYTES = 512 * 1024
 #: How often the dispatcher looks for new captures when nobody wakes it.
 POLL_INTERVAL = 0.05
 LOG_INTERVAL = 30.0
 RENEW_INTERVAL = 10.0
-DROP_REASONS = ("overflow", "rejected", "auth", "invalid", "closed", "shutdown")
-
+DROP_REASONS = ("overflow", "rejected", "auth", "invalid", "closed", "shutdown", "dead")
 
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
@@ -53,53 +54,34 @@ _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow
 class _Marker:
     """Put in the capture deque by ``flush()``: everything ahead of it was captured before."""
 
-    __slots__ = ("round",)
+    __slots__ = ("last_id", "stored")
 
     def __init__(self) -> None:
-        self.round: int | None = None  # the last outbox round holding earlier items
-
-
-@dataclasses.dataclass
-class _Round:
-    """The items one ``put_many`` stored for this process (ids ``lo..hi``, contiguous)."""
-
-    lo: int
-    hi: int
-    remaining: int
+        self.stored = False  # the dispatcher stored everything ahead of it
+        self.last_id: int | None = None  # the highest id stored by then
 
 
 class _Lane:
-    """One sending thread's FIFO of claimed items."""
+    """One sending thread's FIFO of keys' item groups."""
 
     def __init__(self) -> None:
         self.cond = threading.Condition(threading.Lock())
-        self.queue: collections.deque[Item] = collections.deque()
+        self.queue: collections.deque[list[Item]] = collections.deque()
 
-    def put(self, item: Item) -> None:
+    def put(self, group: list[Item]) -> None:
         with self.cond:
-            self.queue.append(item)
+            self.queue.append(group)
             self.cond.notify()
 
     def take(self, timeout: float) -> list[Item]:
-        """The next batch: one upsert, or consecutive events up to the batch limits."""
         with self.cond:
             if not self.queue:
                 self.cond.wait(timeout)
-            if not self.queue:
-                return []
-            batch = [self.queue.popleft()]
-            if batch[0].kind == "event":
-                size = len(batch[0].data)
-                while self.queue and len(batch) < BATCH_SIZE and self.queue[0].kind == "event":
-                    size += len(self.queue[0].data)
-                    if size > BATCH_BYTES:
-                        break
-                    batch.append(self.queue.popleft())
-            return batch
+            return self.queue.popleft() if self.queue else []
 
     def drain(self) -> list[Item]:
         with self.cond:
-            items = list(self.queue)
+            items = [item for group in self.queue for item in group]
             self.queue.clear()
             return items
 
@@ -110,12 +92,13 @@ class Delivery:
     One per process and configuration (see :func:`px_middleware.delivery.get_delivery`).
     ``outbox`` defaults to a :class:`SQLiteOutbox` at ``config.outbox_path``, else a
     bounded :class:`MemoryOutbox`; ``limiter`` to a :class:`TokenBucket` of
-    ``config.rate_limit`` requests/s (and ``config.daily_budget``) on ``clock`` (which
-    only that default limiter reads: ``flush``/``shutdown`` deadlines are real time).
+    ``config.rate_limit`` requests/s (and ``config.daily_budget``) on ``clock``.
     ``retry_base``/``retry_cap`` shape the backoff (each wait is at most ``retry_cap``).
 
-    Without ``config.outbox_path`` items live in memory only: a crash or ``kill -9``
-    loses what was not yet sent, and ``shutdown`` counts what it could not send.
+    With an outbox path, the threads start at construction, so a backlog left by an
+    earlier process drains without waiting for traffic. Without one, items live in
+    memory only: a crash or ``kill -9`` loses what was not yet sent, and ``shutdown``
+    counts and logs what it could not send.
     """
 
     def __init__(
@@ -138,12 +121,15 @@ class Delivery:
         self._retry_base = retry_base
         self._retry_cap = retry_cap
         self._lanes_count = config.concurrency
-        self._claim_cap = config.concurrency * BATCH_SIZE * 2
+        self._claim_cap = config.concurrency * 200
         self._max_events = config.max_queue_events
         self._outbox_given = outbox
         self._fork_of: Outbox | None = None
+        self._notices = Notices(log)
         self._init_state()
         os.register_at_fork(after_in_child=_fork_hook(self))
+        if config.outbox_path or (outbox is not None and outbox.durable):
+            self.start()  # drain on start: a backlog must not wait for traffic
 
     def _init_state(self) -> None:
         """Everything a process owns alone: rebuilt from scratch in a forked child."""
@@ -154,27 +140,37 @@ class Delivery:
         self._cond = threading.Condition(self._lock)
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._hurry = threading.Event()  # shutdown: no more waiting, one last try each
+        self._opened = threading.Event()
         self._started = False
         self._closed = False
         self._threads: list[threading.Thread] = []
         self._lanes = [_Lane() for _ in range(self._lanes_count)]
         self._outbox: Outbox | None = None
-        self._client: PXRestClient | None = None
+        self._exporter = Exporter(
+            self.config,
+            limiter=self._limiter,
+            retry_base=self._retry_base,
+            retry_cap=self._retry_cap,
+            count=self._add,
+        )
         self._counts: dict[str, int] = dict.fromkeys(
             ["sent", "retried", "requests", *(f"dropped_{r}" for r in DROP_REASONS)], 0
         )
         self._popped = 0  # items taken off the capture deque (markers excluded)
         self._unsaved: list[Entry | _Marker] = []  # taken off the deque, not stored yet
-        self._rounds: list[_Round] = []  # this process's stored, unsettled items
-        self._round_lo: list[int] = []
-        self._rounds_base = 0  # round number of self._rounds[0]
         self._in_transit = 0  # taken off the deque, not yet stored or dropped
-        self._own_pending = 0  # stored in the outbox, not yet settled
-        self._backlog = 0  # counted against max_queue_events at capture (memory mode)
+        self._last_id: int | None = None  # the highest id this process stored
         self._claimed = 0
-        self._memory = False  # the outbox is a MemoryOutbox: its items count at capture
-        self._pause = retry.PAUSE
         self._deadline: float | None = None  # set by shutdown(): requests must end by then
+        self._last_error = ""
+        self._drained = False  # shutting down, and nothing is left that we could send
+        self._memory_size = 0  # MemoryOutbox.size(), kept by the threads for capture()
+
+    def _add(self, name: str, n: int) -> None:
+        if n:
+            with self._lock:
+                self._counts[name] += n
 
     # -- request path ---------------------------------------------------------------------
     def capture(self, kind: str, body: dict[str, Any]) -> bool:
@@ -188,13 +184,13 @@ class Delivery:
             if self._pid != os.getpid():
                 self._after_fork()
             if kind not in KINDS:
-                self._drop_now("invalid")
+                self._drop("invalid", 1, f"unknown kind {kind!r}")
                 return False
             if self._closed:
-                self._drop_now("closed")
+                self._drop("closed", 1, "captured after shutdown")
                 return False
-            if len(self._buffer) + self._backlog >= self._max_events:
-                self._drop_now("overflow")
+            if len(self._buffer) + self._backlog() >= self._max_events:
+                self._drop("overflow", 1, f"the queue holds max_queue_events={self._max_events}")
                 return False
             self._buffer.append((kind, body))
             if not self._started:
@@ -203,14 +199,22 @@ class Delivery:
         except Exception:  # never break the host app
             return False
 
-    def _drop_now(self, reason: str) -> None:
-        # Only the (rare) drop path takes the lock: += on a dict item is not atomic.
+    def _backlog(self) -> int:
+        """Items counted against ``max_queue_events`` besides the capture deque."""
+        outbox = self._outbox
+        if outbox is None or outbox.durable:
+            return self._in_transit
+        return self._in_transit + self._memory_size
+
+    def _drop(self, reason: str, count: int, detail: str) -> None:
+        if count <= 0:
+            return
         with self._lock:
-            self._counts["dropped_" + reason] += 1
+            self._counts["dropped_" + reason] += count
+        self._notices.note(f"dropped ({reason})", count, detail)
 
     def start(self) -> None:
-        """Start the background threads now rather than on the first capture, e.g. so a
-        restarted process sends what a SQLite outbox kept before any new traffic."""
+        """Start the background threads now rather than on the first capture."""
         try:
             if self._pid != os.getpid():
                 self._after_fork()
@@ -238,10 +242,10 @@ class Delivery:
 
     # -- flush, shutdown, counters ---------------------------------------------------------
     def flush(self, timeout: float) -> bool:
-        """Wait until everything captured so far was acknowledged by PX or dropped.
+        """Wait until everything captured so far is durable (stored in a durable outbox)
+        or, without one, acknowledged by PX or dropped.
 
-        Returns ``False`` when ``timeout`` seconds passed first; never waits longer. With
-        a SQLite outbox, unsent items are in the file by then (or within a poll interval).
+        Returns ``False`` when ``timeout`` seconds passed first; never waits longer.
         """
         deadline = time.monotonic() + max(timeout, 0.0)
         try:
@@ -249,42 +253,35 @@ class Delivery:
                 self._after_fork()
             if not self._started or self._stop.is_set():  # nobody left to do the work
                 with self._lock:
-                    return not self._buffer and not self._in_transit and not self._own_pending
+                    return not self._buffer and not self._in_transit and self._settled(None)
             marker = _Marker()
             self._buffer.append(("", marker))
             self._wake.set()
             with self._cond:
-                while not self._flushed(marker):
+                while not (marker.stored and self._settled(marker.last_id)):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False
-                    self._cond.wait(remaining)
+                    self._cond.wait(min(remaining, 0.5))
             return True
         except Exception:
             log.exception("px_middleware: flush failed")
             return False
 
-    def _flushed(self, marker: _Marker) -> bool:
-        if marker.round is None:
-            return False
-        self._trim_rounds()
-        return not self._rounds or self._rounds_base > marker.round
-
-    def _trim_rounds(self) -> None:
-        """Forget fully settled rounds at the front (call with the lock held)."""
-        done = 0
-        while done < len(self._rounds) and self._rounds[done].remaining == 0:
-            done += 1
-        if done:
-            del self._rounds[:done], self._round_lo[:done]
-            self._rounds_base += done
+    def _settled(self, last_id: int | None) -> bool:
+        outbox = self._outbox
+        if outbox is None or outbox.durable or last_id is None:
+            return True
+        oldest = outbox.oldest()
+        return oldest is None or oldest > last_id
 
     def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
         """Send what can be sent within ``timeout`` seconds, then stop the threads.
 
-        Always returns within ``timeout`` (requests get at most the time left). Unsent
-        items stay in a SQLite outbox for the next process; from a memory outbox they
-        are lost and counted as ``dropped_shutdown``. Later captures are refused.
+        Every lane stops waiting out backoff and tries once more right away. Always
+        returns within ``timeout``. Unsent items stay in a durable outbox for the next
+        process; from memory they are lost, counted as ``dropped_shutdown`` and logged
+        at WARNING with the last error. Later captures are refused.
         """
         deadline = time.monotonic() + max(timeout, 0.0)
         try:
@@ -298,7 +295,17 @@ class Delivery:
             if started:
                 margin = min(0.1 * timeout, 0.5)  # time kept for stopping and releasing
                 self._deadline = deadline - margin
+                self._hurry.set()
+                if isinstance(self._outbox, MemoryOutbox):
+                    self._outbox.unpark()
+                self._wake.set()
                 self.flush(self._deadline - time.monotonic())
+                if self._outbox is not None and self._outbox.durable:
+                    # Stored is not sent: use the time left to send what can be sent
+                    # (ours or not), until nobody holds anything that we could send.
+                    with self._cond:
+                        while not self._drained and (left := self._deadline - time.monotonic()) > 0:
+                            self._cond.wait(min(left, 0.5))
                 self._stop.set()
                 self._wake.set()
                 for lane in self._lanes:
@@ -313,21 +320,42 @@ class Delivery:
                         self._release(lane.drain())
                 if any(thread.is_alive() for thread in self._threads):
                     log.warning("px_middleware: delivery threads still busy after shutdown")
+                    self._report_left()
                     return  # they are daemons; closing under them would only add errors
-            self._close_resources()
+            self._report_left()
+            if self._outbox is not None:
+                self._outbox.close()
+            self._exporter.close()
         except Exception:
             log.exception("px_middleware: shutdown failed")
 
-    def _close_resources(self) -> None:
-        with self._lock:  # what no outbox holds for a next process is lost: count it
+    def _report_left(self) -> None:
+        """Count and log, at WARNING, what this process could not deliver."""
+        with self._lock:
             lost = len(self._buffer) + self._in_transit
-            if self._memory:
-                lost += self._own_pending
-            self._counts["dropped_shutdown"] += lost
-        if self._outbox is not None:
-            self._outbox.close()
-        if self._client is not None:
-            self._client.close()
+        outbox = self._outbox
+        kept = 0
+        if outbox is not None:
+            try:
+                held = outbox.size()
+            except Exception:
+                held = 0
+            if outbox.durable:
+                kept = held
+            else:
+                lost += held
+        reason = self._last_error or "no time left before the shutdown deadline"
+        if lost:
+            self._drop("shutdown", lost, f"not delivered before exit (last error: {reason})")
+        if kept:
+            log.warning(
+                "px_middleware: %d items left in the outbox %s for the next process "
+                "(last error: %s)",
+                kept,
+                self.config.outbox_path,
+                reason,
+            )
+        self._notices.flush(force=True)
 
     @property
     def closed(self) -> bool:
@@ -335,18 +363,23 @@ class Delivery:
 
     def counters(self) -> dict[str, int]:
         """``captured``, ``sent``, ``retried``, ``requests``, ``dropped_<reason>``,
-        ``queue_depth`` (captured, not yet acknowledged or dropped) and ``outbox_size``
-        (every item in the outbox, including other processes' and earlier runs')."""
+        ``queue_depth`` (captured by this process and not yet durable in an outbox,
+        or, without one, not yet acknowledged or dropped) and ``outbox_size`` (every
+        item in the outbox, including other processes' and earlier runs')."""
+        outbox = self._outbox
+        try:
+            size = outbox.size() if outbox is not None else 0
+        except Exception:
+            size = -1
         with self._lock:
             buffered = len(self._buffer)
             counts = dict(self._counts)
             counts["captured"] = self._popped + buffered
-            counts["queue_depth"] = buffered + self._in_transit + self._own_pending
-        outbox = self._outbox
-        try:
-            counts["outbox_size"] = outbox.size() if outbox is not None else 0
-        except Exception:
-            counts["outbox_size"] = -1
+            depth = buffered + self._in_transit
+            if outbox is not None and not outbox.durable:
+                depth += max(size, 0)
+            counts["queue_depth"] = depth
+        counts["outbox_size"] = size
         return counts
 
     # -- fork -----------------------------------------------------------------------------
@@ -364,12 +397,6 @@ class Delivery:
 
     # -- dispatcher thread ------------------------------------------------------------------
     def _open(self) -> None:
-        self._client = PXRestClient(
-            self.config.rest_url,
-            self.config.api_key or "",
-            timeout=self.config.request_timeout,
-            max_connections=self._lanes_count,
-        )
         outbox: Outbox | None = None
         try:
             if self._outbox_given is not None:
@@ -383,7 +410,7 @@ class Delivery:
         if outbox is None:
             outbox = MemoryOutbox(self.config.max_queue_events, self.config.max_queue_bytes)
         self._outbox = outbox
-        self._memory = isinstance(outbox, MemoryOutbox)
+        self._opened.set()
 
     def _dispatch_loop(self) -> None:
         try:
@@ -398,7 +425,11 @@ class Delivery:
                 self._store_captured()
                 if stopping:
                     return
-                self._claim()
+                claimed = self._claim()
+                if self._hurry.is_set() and not claimed and self._quiet():
+                    with self._cond:
+                        self._drained = True
+                        self._cond.notify_all()
                 now = time.monotonic()
                 if now >= next_renew:
                     next_renew = now + RENEW_INTERVAL
@@ -408,8 +439,9 @@ class Delivery:
                     next_log = now + LOG_INTERVAL
                     if log.isEnabledFor(logging.DEBUG):
                         log.debug("px_middleware delivery counters: %s", self.counters())
-            except Exception:
-                log.exception("px_middleware: delivery dispatcher error; continuing")
+                self._notices.flush()
+            except Exception as exc:
+                self._notices.note("delivery error", 1, f"{type(exc).__name__}: {exc}")
                 if self._stop.wait(1.0):
                     continue
             self._wake.wait(POLL_INTERVAL)
@@ -433,159 +465,145 @@ class Delivery:
                 taken.append(_encode(kind, body))
             except Exception as exc:
                 invalid += 1
-                log.warning("px_middleware: dropped an invalid %s item: %s", kind, exc)
+                self._drop("invalid", 1, f"an invalid {kind} item: {exc}")
         entries = [e for e in taken if not isinstance(e, _Marker)]
         assert self._outbox is not None
         try:
             ids = self._outbox.put_many(entries) if entries else []
-        except Exception:
+        except Exception as exc:
             # Keep them (still bounded by max_queue_events at capture) and try again.
             self._unsaved = taken
             with self._lock:
                 self._in_transit -= invalid
-                self._counts["dropped_invalid"] += invalid
-                self._backlog = (self._own_pending if self._memory else 0) + self._in_transit
-            log.exception("px_middleware: could not write to the outbox; will retry")
+            self._notices.note(
+                "outbox write failed (items kept in memory, retrying)",
+                1,
+                f"{type(exc).__name__}: {exc}",
+            )
             return
         stored = [i for i in ids if i is not None]
         with self._cond:
             self._unsaved = []
             self._in_transit -= invalid + len(entries)
-            self._counts["dropped_invalid"] += invalid
-            self._counts["dropped_overflow"] += len(ids) - len(stored)
             if stored:
-                self._rounds.append(_Round(stored[0], stored[-1], len(stored)))
-                self._round_lo.append(stored[0])
-                self._own_pending += len(stored)
-            last_round = self._rounds_base + len(self._rounds) - 1
+                self._last_id = max(stored[-1], self._last_id or 0)
             for marker in taken:
                 if isinstance(marker, _Marker):
-                    marker.round = last_round
-            self._backlog = self._own_pending if self._memory else 0
+                    marker.stored = True
+                    marker.last_id = self._last_id
+            self._memory_size = 0 if self._outbox.durable else self._outbox.size()
             self._cond.notify_all()
+        self._drop("overflow", len(ids) - len(stored), "the outbox is full (max_queue_events rows)")
 
-    def _claim(self) -> None:
+    def _quiet(self) -> bool:
+        """Shutting down: nothing of ours in flight, and nobody holds what we could send."""
+        with self._lock:
+            if self._buffer or self._in_transit or self._unsaved or self._claimed:
+                return False
+        outbox = self._outbox
+        assert outbox is not None
+        return not outbox.durable or outbox.stats()["claimed"] == 0
+
+    def _claim(self) -> int:
         room = self._claim_cap - self._claimed
         if room <= 0:
-            return
+            return 0
         assert self._outbox is not None
         items = self._outbox.claim(room)
         if not items:
-            return
+            return 0
         with self._lock:
             self._claimed += len(items)
+        groups: dict[str, list[Item]] = {}
         for item in items:
-            self._lanes[hash(item.route) % len(self._lanes)].put(item)
+            groups.setdefault(item.key, []).append(item)
+        for key, group in groups.items():
+            self._lanes[hash(key) % len(self._lanes)].put(group)
+        return len(items)
 
     # -- lane threads -----------------------------------------------------------------------
     def _lane_loop(self, lane: _Lane) -> None:
+        self._opened.wait()
         while not self._stop.is_set():
-            batch = lane.take(POLL_INTERVAL * 4)
-            if not batch:
+            group = lane.take(POLL_INTERVAL * 4)
+            if not group:
                 continue
             try:
-                self._deliver(batch)
-            except Exception:  # a bug here must not kill the lane
-                log.exception("px_middleware: delivery error; items kept for a retry")
-                self._release(batch)
+                results = self._exporter.export(
+                    group, stop=self._stop, hurry=self._hurry, deadline=lambda: self._deadline
+                )
+                self._conclude(results)
+            except Exception as exc:  # a bug here must not kill the lane
+                self._notices.note("delivery error", 1, f"{type(exc).__name__}: {exc}")
+                self._release(group)
                 self._stop.wait(1.0)
             self._wake.set()  # room to claim more
         self._release(lane.drain())
 
-    def _deliver(self, batch: list[Item]) -> None:
-        if batch[0].kind == "event":
-            self._deliver_events(batch)
-            return
-        item = batch[0]
-        obj = json.loads(item.data)
-        assert self._client is not None
-        upsert = self._client.upsert_user if item.kind == "user" else self._client.upsert_account
-        result = self._attempt(lambda timeout: upsert(obj, timeout=timeout))
-        self._conclude(batch, result)
-
-    def _deliver_events(self, items: list[Item]) -> None:
-        client = self._client
-        assert client is not None
-        if len(items) == 1:
-            payload = items[0].data
-        else:
-            payload = b"[" + b",".join(item.data for item in items) + b"]"
-        result = self._attempt(
-            lambda timeout: client.request(
-                "POST", "/events/custom", content=payload, timeout=timeout
-            )
-        )
-        if (
-            isinstance(result, PXAPIError)
-            and len(items) > 1
-            and not isinstance(result, PXAuthError)
-        ):
-            # One bad event fails the whole batch: resend one by one so only it is lost.
-            for item in items:
-                self._deliver_events([item])
-            return
-        self._conclude(items, result)
-
-    def _conclude(self, items: list[Item], result: PXAPIError | Literal["ok", "stop"]) -> None:
-        if result == "ok":
-            self._settle(items, "sent")
-        elif result == "stop":
-            self._release(items)
-        else:
-            assert isinstance(result, PXAPIError)
-            reason = "auth" if isinstance(result, PXAuthError) else "rejected"
-            for item in items:
-                log.warning(
-                    "px_middleware: PX rejected %s %s; dropped: %s",
-                    item.kind,
-                    _describe(item),
-                    result,
+    def _conclude(self, results: list[Result]) -> None:
+        outbox = self._outbox
+        assert outbox is not None
+        done: list[int] = []
+        sent = 0
+        unsent: list[Item] = []
+        for result in results:
+            item = result.item
+            if result.status == "sent":
+                done.append(item.id)
+                sent += 1
+            elif result.status in ("rejected", "auth"):
+                done.append(item.id)
+                self._drop(
+                    result.status, 1, f"PX refused {item.kind} {_describe(item)}: {result.error}"
                 )
-            self._settle(items, "dropped_" + reason)
-
-    def _attempt(
-        self, send: Callable[[float | None], object]
-    ) -> PXAPIError | Literal["ok", "stop"]:
-        """Send until PX accepts, rejects for good (the error), or we must stop."""
-        outcome = retry.call(
-            send,
-            stop=self._stop,
-            limiter=self._limiter,
-            deadline=self._deadline,
-            timeout=self.config.request_timeout,
-            pause=self._pause,
-            base=self._retry_base,
-            cap=self._retry_cap,
-        )
-        with self._lock:
-            self._counts["requests"] += outcome.attempts
-            self._counts["retried"] += max(outcome.attempts - 1, 0)
-        if outcome.status == "ok":
-            return "ok"
-        if outcome.status == "rejected":
-            assert isinstance(outcome.error, PXAPIError)
-            return outcome.error
-        return "stop"
-
-    def _settle(self, items: list[Item], counter: str) -> None:
-        """Items are done (sent or dropped for good): delete them from the outbox."""
-        ids = [item.id for item in items]
-        assert self._outbox is not None
+            elif result.status == "failed":
+                self._failed(item, result)
+            else:
+                unsent.append(item)
         try:
-            self._outbox.ack(ids)
-        except Exception:
-            log.exception("px_middleware: outbox ack failed; items may be sent again")
+            outbox.ack(done)
+        except Exception as exc:
+            self._notices.note("outbox ack failed (items may be sent again)", 1, str(exc))
+        self._release(unsent)
         with self._cond:
-            self._counts[counter] += len(items)
-            self._claimed -= len(items)
-            for item_id in ids:
-                index = bisect.bisect_right(self._round_lo, item_id) - 1
-                if index >= 0 and item_id <= self._rounds[index].hi:
-                    self._rounds[index].remaining -= 1
-                    self._own_pending -= 1
-            self._trim_rounds()
-            if self._memory:
-                self._backlog = self._own_pending
+            self._counts["sent"] += sent
+            self._claimed -= len(done)
+            self._memory_size = 0 if outbox.durable else outbox.size()
+            self._cond.notify_all()
+
+    def _failed(self, item: Item, result: Result) -> None:
+        """An item PX did not take in this round: park it for a backoff, or bury it."""
+        outbox = self._outbox
+        assert outbox is not None
+        self._last_error = result.error
+        attempts = item.attempts + max(result.failures, 1)
+        now = time.time()
+        first = item.first_failure or now
+        try:
+            if (
+                attempts >= self.config.max_attempts
+                and now - first >= self.config.dead_letter_after
+                and not self._hurry.is_set()
+            ):
+                outbox.bury([item.id], result.error)
+                self._drop(
+                    "dead",
+                    1,
+                    f"{item.kind} {_describe(item)} moved to the dead letter after "
+                    f"{attempts} attempts: {result.error}",
+                )
+            else:
+                delay = retry.backoff(attempts, base=self._retry_base, cap=self._retry_cap)
+                outbox.release(
+                    [item.id],
+                    failed=max(result.failures, 1),
+                    error=result.error,
+                    retry_at=now + delay,
+                )
+        except Exception as exc:
+            self._notices.note("outbox update failed", 1, f"{type(exc).__name__}: {exc}")
+        with self._cond:
+            self._claimed -= 1
             self._cond.notify_all()
 
     def _release(self, items: list[Item]) -> None:
@@ -594,8 +612,8 @@ class Delivery:
         assert self._outbox is not None
         try:
             self._outbox.release([item.id for item in items])
-        except Exception:
-            log.exception("px_middleware: outbox release failed")
+        except Exception as exc:
+            self._notices.note("outbox release failed", 1, f"{type(exc).__name__}: {exc}")
         with self._lock:
             self._claimed -= len(items)
 
@@ -607,14 +625,14 @@ def _encode(kind: str, body: Any) -> Entry:
         if not body.get("eventId"):
             # Fixed here, before the outbox, so every retry carries the same id.
             body = {**body, "eventId": str(uuid.uuid4())}
-        route = body.get("sessionId") or body.get("identifyId") or body["eventId"]
+        key = body.get("sessionId") or body.get("identifyId") or body["eventId"]
     else:
         field = "identifyId" if kind == "user" else "id"
         ident = body.get(field)
         if isinstance(ident, bool) or not isinstance(ident, (str, int)) or ident == "":
             raise ValueError(f"a PX {kind} needs a non-empty {field}")
-        route = f"{kind}:{ident}"
-    return Entry(kind, str(route), _encode_json(body).encode())
+        key = f"{kind}:{ident}"
+    return Entry(kind, str(key), _encode_json(body).encode())
 
 
 def _describe(item: Item) -> str:
