@@ -32,7 +32,7 @@ from tests.support.servers import Server, gunicorn, uvicorn
 
 PRODUCT_KEY = "AP-REDISREDIS1-2"
 STANDIN_RATE = 200.0
-BUDGET = 100.0  # requests/s for all processes together, under the stand-in's 200
+BUDGET = 60.0  # requests/s for all processes together: well under what the load offers
 GUNICORN_ARGS = ("-c", "python:tests.support.redis_apps", "--preload", "--workers", "4")
 WSGI_APP = "tests.support.redis_apps:wsgi"
 ASGI_APP = "tests.support.redis_apps:asgi"
@@ -133,7 +133,11 @@ def test_two_hosts_share_one_budget_one_outbox_and_keep_order(
     statuses_px = collections.Counter(q["status"] for q in requests)
     print(f"peak {peak} requests in a 1 s window (budget {BUDGET:g}/s); statuses {statuses_px}")
     assert statuses_px[429] == 0, statuses_px
-    assert peak <= BUDGET * 1.1 + 1  # rate plus the burst of a tenth of a second
+    # The limiter grants at most rate + burst (a tenth of a second) in any second. The
+    # stand-in stamps a request when it answers, on the machine every process of this
+    # test shares, so a stall can squeeze up to a quarter second more into a window.
+    # With a limiter per process instead, this test measures about 140.
+    assert peak <= BUDGET * 1.1 * 1.25, f"{peak} requests in one second"
     check_delivery(standin, expected)
     assert "Traceback" not in logs, logs
 
@@ -154,7 +158,7 @@ def test_kill_9_of_a_holder_hands_its_claimed_items_to_another_worker(
     env = env_for(standin, redis_url, PX_REQUEST_TIMEOUT="1")  # a 2 s claim timeout
     prefix = key_prefix(standin.api_key)
     r: Any = redis.Redis.from_url(redis_url)
-    standin.faults(latency_ms=1500)  # every send times out: items stay claimed
+    standin.faults(fail_next=1_000_000, status=503)  # nothing is accepted: items stay claimed
     sessions = [f"k{n}" for n in range(12)]
     ids = {s: [str(uuid.uuid4()) for _ in range(3)] for s in sessions}
     with gunicorn(WSGI_APP, *GUNICORN_ARGS[:3], "--workers", "3", env=env) as server, httpx.Client(
@@ -163,6 +167,10 @@ def test_kill_9_of_a_holder_hands_its_claimed_items_to_another_worker(
         for seq in range(3):
             for session in sessions:
                 assert get(client, server, ids[session][seq], session, seq) == 200
+        every = {i for v in ids.values() for i in v}
+        # The promise covers what is in Redis: a kill -9 within milliseconds of a capture
+        # loses what the writer had not stored yet.
+        standin.wait_for(lambda: every <= stored_ids(r, standin), 20)
 
         def victim_with_claims() -> tuple[int, set[str]] | None:
             for stream in r.scan_iter(f"{prefix}:outbox:*"):
@@ -178,7 +186,6 @@ def test_kill_9_of_a_holder_hands_its_claimed_items_to_another_worker(
         assert claimed
         os.kill(pid, signal.SIGKILL)
         standin.faults()  # PX is healthy again; only the dead worker's claims are stuck
-        every = {i for v in ids.values() for i in v}
         standin.wait_for(lambda: every <= {e["eventId"] for e in standin.events()}, 30)
         assert pid not in lease_holders(r, prefix).values()
     r.close()

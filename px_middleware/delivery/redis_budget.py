@@ -52,6 +52,8 @@ log = logging.getLogger("px_middleware.delivery")
 PX_DAILY_BUDGET = 1_000_000
 #: Seconds between two WARNING lines about the same trouble.
 LOG_EVERY = 30.0
+#: A reserved slot is used at most this many seconds late (a stall), else taken again.
+MAX_LATE = 0.02
 #: After a Redis error, the local bucket decides for this long before Redis is tried again.
 RETRY_REDIS_AFTER = 1.0
 
@@ -159,7 +161,7 @@ class RedisBudget:
         self._redis_down_until = 0.0
         self._last_log: dict[str, float] = {}
         self.counts: dict[str, int] = dict.fromkeys(
-            ["granted", "paused", "refused_daily", "redis_errors", "fallback_grants"], 0
+            ["granted", "late", "paused", "refused_daily", "redis_errors", "fallback_grants"], 0
         )
         #: The 429 pause to give the exporter: shared through this budget.
         self.pause = SharedPause(self)
@@ -173,10 +175,14 @@ class RedisBudget:
         now = time.monotonic()
         slot: float | None = getattr(self._local, "slot", None)
         if slot is not None:
-            if now >= slot:
-                self._local.slot = None
+            if now < slot:
+                return slot - now
+            self._local.slot = None
+            if now - slot <= MAX_LATE:
                 return 0.0
-            return slot - now
+            # Woken this late (a stalled process), the slot would add to a burst of
+            # others sent on time: give it up and queue again.
+            self._count("late")
         if now < self._hold_until:
             return self._hold_until - now
         if now < self._redis_down_until:
