@@ -247,3 +247,25 @@ def test_close_hands_the_shards_over_at_once(client: redis.Redis) -> None:
     a.close()  # unacked: stays pending for the next holder, no 60 s wait
     b = handle(client, shards=2, lease=60.0)
     assert [i.id for i in claim_all(b)] == [item.id]
+
+
+def test_outbox_stats_reports_streams_pending_dead_and_budget(
+    client: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from px_middleware.delivery.redis_budget import RedisBudget, key_prefix
+    from px_middleware.tools.outbox import main
+
+    prefix = key_prefix("cli-key")
+    outbox = RedisOutbox(client, prefix, shards=2)
+    outbox.put_many([event("s1", 0), event("s2", 0), event("s3", 0)])
+    items = claim_all(outbox)
+    outbox.bury([items[0].id], "HTTP 400: bad")
+    RedisBudget(client, prefix, rate=10.0).try_acquire()
+    assert main(["--redis-url", redis_url, "--api-key", "cli-key", "stats"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert (stats["stored"], stats["pending"], stats["dead"]) == (2, 2, 1)
+    assert stats["budget"]["used_today"] == 1 and stats["budget"]["granted_total"] == 1
+    assert main(["--redis-url", redis_url, "--api-key", "cli-key", "dead"]) == 0
+    assert "HTTP 400: bad" in capsys.readouterr().out
+    assert main(["--redis-url", redis_url, "--api-key", "cli-key", "purge", "--all"]) == 0
+    assert outbox.stats()["dead"] == 0
