@@ -7,10 +7,13 @@ is what is tested.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +24,7 @@ import pytest
 
 from px_middleware.config import PXConfig
 from px_middleware.delivery import Delivery, SQLiteOutbox, get_delivery, shutdown_all
+from tests.support.devserver import DevServer
 from tests.test_rest import API_KEY, Fault, StubPX, px_error
 
 PRODUCT_KEY = "AP-TESTTESTTEST-2"
@@ -384,3 +388,124 @@ def test_counters_have_stable_names(make_delivery: Callable[..., Delivery]) -> N
         "queue_depth",
         "outbox_size",
     }
+
+
+# -- issue 12: poison, shutdown, latest-wins, list bodies ----------------------------------------
+def test_a_poison_event_goes_to_the_dead_letter_and_its_session_goes_on(
+    stub: StubPX,
+    make_delivery: Callable[..., Delivery],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = str(tmp_path / "outbox.sqlite3")
+    bodies = [event(n, session=f"s{n % 3}") for n in range(30)]
+    poison = bodies[4]  # session s1: its later events must not wait for it forever
+    stub.poison.add(poison["eventId"])
+    config = make_config(stub.url, outbox_path=path, max_attempts=4, dead_letter_after=0.0)
+    delivery = make_delivery(config)
+    with caplog.at_level(logging.WARNING, logger="px_middleware.delivery"):
+        for body in bodies:
+            delivery.capture("event", body)
+        wait_until(lambda: delivery.counters()["dropped_dead"] == 1)
+        wait_until(lambda: len(stub.events) == 29)
+    assert poison["eventId"] not in {e["eventId"] for e in stub.events}
+    for session, seqs in seq_by_session(stub.events).items():
+        assert seqs == sorted(seqs), session
+    assert "moved to the dead letter after 4 attempts" in caplog.text
+    assert poison["eventId"] in caplog.text
+    poisoned = [r for r in stub.received if isinstance(r.body, dict)
+                and r.body.get("eventId") == poison["eventId"]]  # fmt: skip
+    assert len(poisoned) == 4  # max_attempts requests, then no more
+    # The operator's view and actions, through the real command line.
+    cli = [sys.executable, "-m", "px_middleware", "outbox", "--path", path]
+    dead = subprocess.run([*cli, "dead", "--json"], capture_output=True, text=True, check=True)
+    (row,) = [json.loads(line) for line in dead.stdout.splitlines()]
+    assert row["data"]["eventId"] == poison["eventId"]
+    assert "PX API 500" in row["error"] and row["attempts"] == 4
+    stats = subprocess.run([*cli, "stats"], capture_output=True, text=True, check=True)
+    assert json.loads(stats.stdout)["dead"] == 1
+    stub.poison.clear()  # fixed on PX's side: the operator sends it again
+    revived = subprocess.run([*cli, "retry", "--all"], capture_output=True, text=True, check=True)
+    assert revived.stdout.startswith("1 dead items")
+    wait_until(lambda: len(stub.events) == 30)
+    purge = subprocess.run([*cli, "purge", "--all"], capture_output=True, text=True, check=True)
+    assert purge.stdout.startswith("0 dead items")
+
+
+def test_shutdown_after_an_outage_tries_once_more_and_logs_what_is_lost(
+    stub: StubPX, make_delivery: Callable[..., Delivery], caplog: pytest.LogCaptureFixture
+) -> None:
+    stub.fail_next(10_000, Fault(503, body=px_error(503, "down")))
+    # Long backoff: without the last try at shutdown, nothing would be sent again.
+    config = make_config(stub.url, concurrency=1)
+    delivery = make_delivery(config, retry_base=20.0, retry_cap=30.0)
+    for n in range(6):
+        delivery.capture("event", event(n, session=f"s{n}"))
+    wait_until(lambda: delivery.counters()["requests"] >= 1)  # then a long backoff
+    before = delivery.counters()["requests"]
+    with caplog.at_level(logging.WARNING, logger="px_middleware.delivery"):
+        started = time.monotonic()
+        delivery.shutdown(2.0)
+    assert time.monotonic() - started < 4.0
+    counts = delivery.counters()
+    assert counts["requests"] >= before + 6  # every lane tried once more, at once
+    assert counts["dropped_shutdown"] == 6
+    assert "dropped (shutdown): 6" in caplog.text
+    assert "PX API 503: down" in caplog.text
+
+
+def test_shutdown_after_recovery_sends_what_was_backing_off(
+    stub: StubPX, make_delivery: Callable[..., Delivery]
+) -> None:
+    stub.fail_next(1, Fault(503))
+    config = make_config(stub.url, concurrency=1)
+    delivery = make_delivery(config, retry_base=20.0, retry_cap=30.0)
+    for n in range(6):
+        delivery.capture("event", event(n, session=f"s{n}"))
+    wait_until(lambda: delivery.counters()["requests"] >= 1)  # failed, backing off
+    delivery.shutdown(3.0)  # PX is back: the last try delivers everything
+    assert len(stub.events) == 6
+    assert delivery.counters()["dropped_shutdown"] == 0
+
+
+def test_rapid_attribute_changes_end_with_the_latest(
+    stub: StubPX, make_delivery: Callable[..., Delivery]
+) -> None:
+    delivery = make_delivery(make_config(stub.url, concurrency=4))
+    for round_ in range(8):
+        for n in range(6):
+            delivery.capture("user", {"identifyId": f"u{n}", "role": f"r{round_}"})
+    assert delivery.flush(10.0)
+    assert {u: body["role"] for u, body in stub.users.items()} == {f"u{n}": "r7" for n in range(6)}
+    puts = [r for r in stub.received if r.method in ("PUT", "POST")]
+    assert len(puts) < 8 * 6  # coalesced: not one request per change
+
+
+def test_list_bodies_fall_back_to_single_events_when_px_refuses_lists(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with DevServer(tmp_path / "px.sqlite3", accept_event_lists=False) as server:
+        config = PXConfig(
+            product_key=PRODUCT_KEY,
+            api_key=server.api_key,
+            api_url=server.api_url,
+            batch_events=True,
+            concurrency=1,
+        )
+        delivery = Delivery(config, **FAST)
+        try:
+            server.faults(latency_ms=200)  # so several events queue up behind the first
+            bodies = [event(n) for n in range(12)]
+            with caplog.at_level(logging.WARNING, logger="px_middleware.delivery"):
+                for body in bodies:
+                    delivery.capture("event", body)
+                assert delivery.flush(20.0)
+            server.faults()
+            delivery.capture("event", event(12))
+            assert delivery.flush(10.0)
+        finally:
+            delivery.shutdown(1.0)
+        got = [e["attributes"]["seq"] for e in server.events()]
+    assert got == list(range(13))  # every event, in order, each once
+    assert "sending one event per request from now on" in caplog.text
+    assert delivery.counters()["dropped_rejected"] == 0

@@ -65,6 +65,8 @@ class StubPX:
         self.users: dict[str, dict[str, Any]] = {}
         self.accounts: dict[str, dict[str, Any]] = {}
         self.faults: list[Fault] = []
+        #: eventIds answered 500 every time (a poison event), whatever else is sent.
+        self.poison: set[str] = set()
         #: Cleared, it holds every request until set again (a server that hangs).
         self.gate = threading.Event()
         self.gate.set()
@@ -125,6 +127,8 @@ class StubPX:
             if parts == ["events", "custom"] and method == "POST":
                 events = body if isinstance(body, list) else [body]
                 bad = [e for e in events if not isinstance(e, dict) or not e.get("eventName")]
+                if any(e.get("eventId") in self.poison for e in events if isinstance(e, dict)):
+                    return 500, px_error(500, "internal error"), {}
                 if bad:
                     return 400, px_error(400, "eventName is required"), {}
                 self.events.extend(events)

@@ -149,9 +149,21 @@ class Exporter:
             def request(timeout: float | None) -> object:
                 return upsert(obj, timeout=timeout)
 
+        made = 0
+
+        def counted(timeout: float | None) -> object:
+            nonlocal made
+            made += 1
+            self._count("requests", 1)
+            if made > 1 or first.attempts:  # a parked item's first request is a retry too
+                self._count("retried", 1)
+            return request(timeout)
+
+        # Exactly max_attempts requests before the dead letter, a round at a time.
+        left = self.config.max_attempts - first.attempts
         outcome = retry.call(
-            request,
-            attempts=ROUND_ATTEMPTS,
+            counted,
+            attempts=min(ROUND_ATTEMPTS, left) if left > 0 else ROUND_ATTEMPTS,
             deadline=deadline,
             stop=stop,
             hurry=hurry,
@@ -161,9 +173,6 @@ class Exporter:
             base=self._base,
             cap=self._cap,
         )
-        self._count("requests", outcome.attempts)
-        # A parked item's first request in a new round is a retry too.
-        self._count("retried", max(outcome.attempts - (0 if first.attempts else 1), 0))
         if outcome.status == "ok":
             return [Result(item, "sent") for item in batch]
         error = _describe_error(outcome.error)

@@ -104,8 +104,9 @@ class Outbox(Protocol):
         ``retry_at`` (``time.time()`` seconds)."""
         ...
 
-    def bury(self, ids: Collection[int], error: str) -> None:
-        """Move claimed items to the dead letter; their keys' later items go on."""
+    def bury(self, ids: Collection[int], error: str, *, failed: int = 0) -> None:
+        """Move claimed items to the dead letter (with ``failed`` more attempts counted);
+        their keys' later items go on."""
         ...
 
     def renew(self) -> None:
@@ -274,7 +275,7 @@ class MemoryOutbox:
                     self._parked[item.key] = max(self._parked.get(item.key, 0.0), retry_at)
                 self._settle(item.key, 1)
 
-    def bury(self, ids: Collection[int], error: str) -> None:
+    def bury(self, ids: Collection[int], error: str, *, failed: int = 0) -> None:
         with self._lock:
             for item_id in ids:
                 item = self._claimed.pop(item_id, None)
@@ -283,7 +284,13 @@ class MemoryOutbox:
                 self._forget(item)
                 self._dead.append(
                     DeadItem(
-                        item.id, item.kind, item.key, item.data, item.attempts, error, time.time()
+                        item.id,
+                        item.kind,
+                        item.key,
+                        item.data,
+                        item.attempts + failed,
+                        error,
+                        time.time(),
                     )
                 )
                 self._settle(item.key, 1)
@@ -525,14 +532,14 @@ class SQLiteOutbox:
             (retry_at, self.owner),
         )
 
-    def bury(self, ids: Collection[int], error: str) -> None:
+    def bury(self, ids: Collection[int], error: str, *, failed: int = 0) -> None:
         now = self._clock()
         self._by_ids(
             "INSERT OR REPLACE INTO px_dead (id, kind, route, data, attempts, error, buried)"
-            " SELECT id, kind, route, data, attempts, ?, ? FROM px_outbox"
+            " SELECT id, kind, route, data, attempts + ?, ?, ? FROM px_outbox"
             " WHERE owner = ? AND id IN ({})",
             ids,
-            (error, now, self.owner),
+            (failed, error, now, self.owner),
             then="DELETE FROM px_outbox WHERE owner = ? AND id IN ({})",
             then_params=(self.owner,),
         )

@@ -596,7 +596,7 @@ class Delivery:
                 and now - first >= self.config.dead_letter_after
                 and not self._hurry.is_set()
             ):
-                outbox.bury([item.id], result.error)
+                outbox.bury([item.id], result.error, failed=max(result.failures, 1))
                 self._drop(
                     "dead",
                     1,
