@@ -586,7 +586,7 @@ class RedisOutbox:
             except Exception as exc:
                 self._failed(exc)
 
-    def bury(self, ids: Collection[int], error: str) -> None:
+    def bury(self, ids: Collection[int], error: str, *, failed: int = 0) -> None:
         now = time.time()
         with self._lock:
             items = [self._claimed[i] for i in ids if i in self._claimed]
@@ -596,7 +596,7 @@ class RedisOutbox:
             for item in items:
                 shard, sid = decode_id(item.id)
                 fields = {
-                    "k": item.kind, "q": item.key, "d": item.data, "a": item.attempts,
+                    "k": item.kind, "q": item.key, "d": item.data, "a": item.attempts + failed,
                     "e": error[:2000], "b": now, "s": sid,
                 }  # fmt: skip
                 pipe.xadd(self._dead_key, fields)
