@@ -219,6 +219,7 @@ class RedisOutbox:
         self._claimed: dict[int, Item] = {}
         self._absorbed: dict[int, list[int]] = {}  # merged upsert -> the ids it stands for
         self._unacked: list[int] = []  # acks Redis did not get yet
+        self._failed_ids: set[int] = set()  # ids with attempts recorded in Redis
         self._next_round = 0.0
         self._groups_ready = False
         self._down_until = 0.0
@@ -276,6 +277,7 @@ class RedisOutbox:
         with self._claim_lock:
             if self._usable():
                 try:
+                    self._flush_acks()
                     self._maintain()
                     self._refill()
                 except Exception as exc:
@@ -338,10 +340,6 @@ class RedisOutbox:
             return
         self._next_round = now + LEASE_ROUND
         self._ensure_groups()
-        if self._unacked:
-            with self._lock:
-                late, self._unacked = self._unacked, []
-            self._ack_redis(late)
         started = time.monotonic()
         reply = self._lease_script(
             keys=[self._handles, *self._leases],
@@ -468,11 +466,13 @@ class RedisOutbox:
         self, sid: bytes, fields: dict[bytes, bytes], shard: int, failed: bytes | None
     ) -> Item:
         attempts, first_failure = 0, 0.0
+        item_id = encode_id(sid, shard)
         if failed:
             count, _, since = failed.decode().partition("|")
             attempts, first_failure = int(count), float(since or 0)
+            self._failed_ids.add(item_id)
         return Item(
-            encode_id(sid, shard),
+            item_id,
             fields[b"k"].decode(),
             fields[b"q"].decode(),
             fields[b"d"],
@@ -508,22 +508,34 @@ class RedisOutbox:
 
     # -- settling ----------------------------------------------------------------------
     def ack(self, ids: Collection[int]) -> None:
+        """Settled here at once; Redis gets the acks in one pipeline with the next
+        ``claim`` (within the worker's poll interval), not one round trip per item.
+        A crash before then sends those items again (at-least-once, same eventId)."""
         stream_ids = self._settle(ids)
         if stream_ids:
-            self._ack_redis(stream_ids)
+            with self._lock:
+                self._unacked += stream_ids
 
-    def _ack_redis(self, ids: list[int]) -> None:
+    def _flush_acks(self) -> None:
+        with self._lock:
+            ids, self._unacked = self._unacked, []
+            retried = [i for i in ids if i in self._failed_ids]
+            self._failed_ids.difference_update(retried)
+        if not ids:
+            return
         try:
             pipe = self._client.pipeline(transaction=False)
             for shard, sids in _by_shard(ids).items():
                 pipe.xack(self._streams[shard], GROUP, *sids)
                 pipe.xdel(self._streams[shard], *sids)
-            pipe.hdel(self._attempts_key, *[decode_id(i)[1] for i in ids])
+            if retried:
+                pipe.hdel(self._attempts_key, *[decode_id(i)[1] for i in retried])
             pipe.execute()
-        except Exception as exc:
-            self._failed(exc)
+        except Exception:
             with self._lock:
-                self._unacked += ids  # sent again at worst, never lost
+                self._unacked = ids + self._unacked  # sent again at worst, never lost
+                self._failed_ids.update(retried)
+            raise
 
     def _settle(self, ids: Collection[int]) -> list[int]:
         """Forget handed-out items locally; the stream ids they stand for."""
@@ -585,6 +597,11 @@ class RedisOutbox:
                 self._client.hset(self._attempts_key, mapping=marks)
             except Exception as exc:
                 self._failed(exc)
+                return
+            with self._lock:
+                self._failed_ids.update(
+                    i for item in kept for i in self._absorbed.get(item.id, [item.id])
+                )
 
     def bury(self, ids: Collection[int], error: str, *, failed: int = 0) -> None:
         now = time.time()
@@ -618,6 +635,7 @@ class RedisOutbox:
             self._next_round = 0.0
             if self._usable():
                 try:
+                    self._flush_acks()
                     self._maintain()
                 except Exception as exc:
                     self._failed(exc)
@@ -625,6 +643,7 @@ class RedisOutbox:
     # -- reads ---------------------------------------------------------------------------
     def size(self) -> int:
         try:
+            self._flush_acks()
             pipe = self._client.pipeline(transaction=False)
             for stream in self._streams:
                 pipe.xlen(stream)
@@ -655,6 +674,7 @@ class RedisOutbox:
         ``shards_held`` and this handle's counters; ``-1`` where Redis did not answer."""
         out = {"stored": -1, "pending": -1, "dead": -1}
         try:
+            self._flush_acks()
             pipe = self._client.pipeline(transaction=False)
             for stream in self._streams:
                 pipe.xlen(stream)
@@ -726,8 +746,7 @@ class RedisOutbox:
             shards = list(self._valid)
             self._valid.clear()
         try:
-            if self._unacked:
-                self._ack_redis(self._unacked)
+            self._flush_acks()
             pipe = self._client.pipeline(transaction=False)
             for shard in shards:
                 self._release_script(
