@@ -23,18 +23,24 @@ px_delivery = get_delivery(px_config)
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """One event per request (``?id=&s=&seq=``), or ``?n=`` events with ids ``<id>-<k>``."""
     query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-    accepted = px_delivery.capture(
-        "event",
-        {
-            "eventName": "request",
-            "identifyId": "u1",
-            "propertyKey": px_config.product_key,
-            "eventId": query["id"],
-            "sessionId": query.get("s", "s"),
-            "date": 1_700_000_000_000,
-            "attributes": {"seq": int(query.get("seq", "0")), "pid": os.getpid()},
-        },
+    count = int(query.get("n", "0"))
+    ids = [query["id"]] if not count else [f"{query['id']}-{k}" for k in range(count)]
+    accepted = all(
+        px_delivery.capture(
+            "event",
+            {
+                "eventName": "request",
+                "identifyId": "u1",
+                "propertyKey": px_config.product_key,
+                "eventId": event_id,
+                "sessionId": query.get("s", "s"),
+                "date": 1_700_000_000_000,
+                "attributes": {"seq": int(query.get("seq", "0")), "pid": os.getpid()},
+            },
+        )
+        for event_id in ids
     )
     body = f"{os.getpid()} {accepted}".encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])

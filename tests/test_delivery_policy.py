@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from px_middleware.delivery import retry
+from px_middleware.delivery.notices import Notices
 from px_middleware.delivery.outbox import Entry, MemoryOutbox, Outbox, SQLiteOutbox
 from px_middleware.delivery.ratelimit import DAY, TokenBucket
 from px_middleware.delivery.retry import backoff, classify, retry_delay
@@ -500,3 +502,30 @@ def test_oldest_is_the_lowest_stored_id(box: Outbox) -> None:
     box.put_many(entries(3))
     box.ack([i.id for i in box.claim(10) if i.id == 1])
     assert box.oldest() == 2
+
+
+# -- notices: loud, not noisy ------------------------------------------------------------------
+def test_notices_log_the_first_then_one_summary_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    notices = Notices(logging.getLogger("px_middleware.delivery"), interval=0.2)
+    with caplog.at_level(logging.WARNING, logger="px_middleware.delivery"):
+        for _ in range(50):  # e.g. an outbox that turned read-only: 50 failed writes
+            notices.note("outbox write failed", 1, "attempt to write a readonly database")
+        notices.note("dropped (overflow)", 3, "the queue is full")
+        assert [r.getMessage() for r in caplog.records] == [
+            "px_middleware: outbox write failed: 1; attempt to write a readonly database",
+            "px_middleware: dropped (overflow): 3; the queue is full",
+        ]
+        caplog.clear()
+        notices.flush()  # not due yet: nothing
+        assert caplog.records == []
+        deadline = time.monotonic() + 5
+        while not caplog.records and time.monotonic() < deadline:
+            notices.flush()  # due after the interval: one line with the count
+            time.sleep(0.01)
+    assert [r.getMessage() for r in caplog.records] == [
+        "px_middleware: outbox write failed: 49 in the last 0.2s; "
+        "attempt to write a readonly database"
+    ]
+    assert all(r.levelno == logging.WARNING for r in caplog.records)

@@ -7,16 +7,23 @@ outbox is configured.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import re
 import signal
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import pytest
 
+from px_middleware.config import SHUTDOWN_TIMEOUT
 from tests.support.devserver import DevServer
-from tests.support.servers import gunicorn, uvicorn
+from tests.support.servers import Server, gunicorn, uvicorn
 
 BROWSER = {"user-agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0 Safari/537.36"}
 KEY = "AP-SERVERS00001-2"
@@ -57,7 +64,11 @@ def test_gunicorn_preload_four_workers_lose_no_page_view(devserver: DevServer) -
     env = px_env(devserver)
     with gunicorn(
         "tests.support.tracked_apps:wsgi",
-        "--preload", "--workers", "4", "-c", "python:tests.support.tracked_apps",
+        "--preload",
+        "--workers",
+        "4",
+        "-c",
+        "python:tests.support.tracked_apps",
         env=env,
     ) as server:
         visit(server.url, 80)
@@ -92,10 +103,142 @@ def test_kill_9_with_an_outbox_loses_nothing(devserver: DevServer, tmp_path: Pat
         os.killpg(server.process.pid, signal.SIGKILL)  # no goodbye, no flush
         server.process.wait()
     devserver.start()
-    with gunicorn("tests.support.tracked_apps:wsgi", env=env) as server:
-        # Any request wakes the new process's sender, which resends what is left.
-        httpx.get(f"{server.url}/", headers=BROWSER, timeout=10)
-        views = page_views(devserver, 31, timeout=60)
+    with gunicorn("tests.support.tracked_apps:wsgi", env=env):
+        # No request: opening the outbox starts the drain of what is left.
+        views = page_views(devserver, 30, timeout=60)
     identified = sorted(v["identifyId"] for v in views if v["userType"] == "USER")
     assert identified == sorted(f"user{i}" for i in range(30))
-    assert len({v["eventId"] for v in views}) == len(views) == 31
+    assert len({v["eventId"] for v in views}) == len(views) == 30
+
+
+# -- issue 12: order, latest attributes, shutdown and drain across worker processes ---------------
+def _seq(event: dict[str, Any]) -> int:
+    return int(parse_qs(urlsplit(event["url"]).query)["n"][0])
+
+
+def _first_arrivals(devserver: DevServer) -> list[dict[str, Any]]:
+    """Every event in arrival order, a resent duplicate counted at its first arrival."""
+    seen: set[str] = set()
+    events = []
+    for e in devserver.events():
+        if e["eventId"] not in seen:
+            seen.add(e["eventId"])
+            events.append(e)
+    return events
+
+
+def _browse(base_url: str, sessions: int, pages: int, **params: str) -> None:
+    """``sessions`` visitors in parallel, each with its cookie jar, ``pages`` pages each."""
+
+    def one(s: int) -> None:
+        with httpx.Client(headers=BROWSER, timeout=10) as visitor:
+            for n in range(pages):
+                query = {"u": f"user{s}", "n": str(n), **params}
+                assert visitor.get(f"{base_url}/", params=query).status_code == 200
+
+    with concurrent.futures.ThreadPoolExecutor(sessions) as pool:
+        list(pool.map(one, range(sessions)))
+
+
+def _stop_in_time(server: Server) -> float:
+    """SIGTERM the server's process group; seconds until it exited."""
+    started = time.monotonic()
+    os.killpg(server.process.pid, signal.SIGTERM)
+    server.process.wait(timeout=30)
+    return time.monotonic() - started
+
+
+SERVERS = {
+    "gunicorn-w4-preload": lambda env: gunicorn(
+        "tests.support.tracked_apps:wsgi",
+        "--preload",
+        "--workers",
+        "4",
+        "-c",
+        "python:tests.support.tracked_apps",
+        env=env,
+    ),
+    "uvicorn-workers-2": lambda env: uvicorn(
+        "tests.support.tracked_apps:asgi", "--workers", "2", env=env
+    ),
+}
+
+
+@pytest.mark.parametrize("serve", list(SERVERS.values()), ids=list(SERVERS))
+def test_per_session_order_through_an_outage_then_a_quick_sigterm(
+    devserver: DevServer, tmp_path: Path, serve: Callable[[dict[str, str]], Any]
+) -> None:
+    env = px_env(devserver, PX_OUTBOX_PATH=str(tmp_path / "outbox.sqlite3"))
+    sessions, pages = 6, 8
+    with serve(env) as server:
+        devserver.faults(fail_next=24, status=503)  # PX is down for the first 24 requests
+        _browse(server.url, sessions, pages)
+        try:
+            devserver.wait_for(
+                lambda: len(_first_arrivals(devserver)) >= sessions * (pages + 1), timeout=120
+            )
+        except AssertionError:
+            with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
+                rows = db.execute("SELECT * FROM px_outbox").fetchall()
+            raise AssertionError(
+                f"{len(_first_arrivals(devserver))} arrived; outbox {rows}; log {server.log()}"
+            ) from None
+        # Everything is delivered: shutting down has nothing to wait for.
+        assert _stop_in_time(server) < SHUTDOWN_TIMEOUT
+    events = _first_arrivals(devserver)
+    assert len(events) == sessions * (pages + 1)  # no more arrived after the stop
+    failed = [r for r in devserver.requests() if r.get("status") == 503]
+    assert failed, "the outage was not seen"
+    for s in range(sessions):
+        mine = [e for e in events if e["identifyId"] == f"user{s}"]
+        assert mine[0]["eventName"] == "session_start", mine[0]
+        assert [_seq(e) for e in mine[1:]] == list(range(pages)), f"user{s}"
+        assert len({e["sessionId"] for e in mine}) == 1
+
+
+def test_rapid_attribute_changes_end_with_the_latest_for_every_user(
+    devserver: DevServer, tmp_path: Path
+) -> None:
+    env = px_env(devserver, PX_OUTBOX_PATH=str(tmp_path / "outbox.sqlite3"))
+    users, changes = 4, 8
+    with SERVERS["gunicorn-w4-preload"](env) as server:
+        devserver.faults(latency_ms=150)  # slow PX: upserts overlap in flight
+
+        def change(u: int) -> None:
+            # No cookie jar: each request may go to another worker, as after a re-login.
+            for n in range(changes):
+                r = httpx.get(
+                    f"{server.url}/",
+                    params={"u": f"user{u}", "role": f"r{n}"},
+                    headers=BROWSER,
+                    timeout=10,
+                )
+                assert r.status_code == 200
+
+        with concurrent.futures.ThreadPoolExecutor(users) as pool:
+            list(pool.map(change, range(users)))
+        devserver.wait_for(
+            lambda: (
+                all(u.get("role") == f"r{changes - 1}" for u in devserver.users())
+                and len(devserver.users()) == users
+            ),
+            timeout=60,
+        )
+        devserver.faults()
+    # Stopped: nothing still in flight can overwrite the latest any more.
+    assert {u["identifyId"]: u["role"] for u in devserver.users()} == {
+        f"user{u}": f"r{changes - 1}" for u in range(users)
+    }
+
+
+def test_shutdown_during_an_outage_logs_what_it_could_not_send(devserver: DevServer) -> None:
+    env = px_env(devserver)  # memory only: what is not sent at exit is lost, and said so
+    with SERVERS["gunicorn-w4-preload"](env) as server:
+        devserver.faults(fail_next=100_000, status=503)
+        visit(server.url, 8)
+        devserver.wait_for(lambda: len(devserver.requests()) >= 4, timeout=30)
+        assert _stop_in_time(server) < SHUTDOWN_TIMEOUT + 5  # gunicorn's own stop, too
+        log = server.log()
+    lost = [int(m) for m in re.findall(r"dropped \(shutdown\): (\d+)", log)]
+    assert sum(lost) >= 8, log  # every page view at least, counted by the workers
+    assert "PX API 503" in log

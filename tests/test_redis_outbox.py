@@ -269,3 +269,23 @@ def test_outbox_stats_reports_streams_pending_dead_and_budget(
     assert "HTTP 400: bad" in capsys.readouterr().out
     assert main(["--redis-url", redis_url, "--api-key", "cli-key", "purge", "--all"]) == 0
     assert outbox.stats()["dead"] == 0
+
+
+def test_a_slower_writers_earlier_capture_still_goes_first(client: redis.Redis) -> None:
+    writer_a, writer_b = handle(client, shards=2), handle(client, shards=2)
+    holder = handle(client, shards=2, settle=0.5)
+    now = time.time()
+    later, earlier = event("s1", 2), event("s1", 1)
+    writer_a.put_many([later._replace(at=now)])  # stored first...
+    writer_b.put_many([earlier._replace(at=now - 0.01)])  # ...captured first
+    holder.renew()
+    assert holder.claim(10) == []  # both were captured less than settle ago
+    got: list[Item] = []
+
+    def claimed() -> bool:
+        holder.renew()
+        got.extend(holder.claim(10))
+        return bool(got)
+
+    wait_for(claimed)
+    assert [json.loads(i.data)["n"] for i in got] == [1, 2]

@@ -54,5 +54,5 @@ class Notices:
             self._write(reason, count, detail, first=False)
 
     def _write(self, reason: str, count: int, detail: str, *, first: bool) -> None:
-        span = "" if first else f" in the last {self._interval:.0f}s"
+        span = "" if first else f" in the last {self._interval:g}s"
         self._log.warning("px_middleware: %s: %d%s; %s", reason, count, span, detail)

@@ -6,8 +6,11 @@ shares it (threads, processes, hosts):
 
 1. **One sender per key.** ``claim`` hands out a key's items only when no handle holds
    any item of that key, and all of a key's claimed items go to the one caller, in
-   capture order (ascending ids). A key stays held until each claimed item is acked,
-   released or buried, or its lease lapses (a crashed holder).
+   capture order (``Entry.at``, then id). A key stays held until each claimed item is
+   acked, released or buried, or its lease lapses (a crashed holder). Processes store
+   what they captured a few milliseconds later, each on its own, so a shared outbox
+   holds an item back ``settle`` seconds after its capture: a slower writer's earlier
+   item of the same key is stored by then and goes first.
 2. **Latest wins for upserts.** ``put_many`` of a ``user``/``account`` entry merges any
    unclaimed older upsert of the same key into it (newer attributes win) and stores
    the result as the key's newest item; one already claimed (in flight) stays, so the
@@ -26,6 +29,7 @@ outbox implements the same protocol for many hosts. The worker uses nothing else
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import socket
@@ -46,6 +50,8 @@ class Entry(NamedTuple):
     #: Items with the same key are sent one at a time, in order (a session, a user).
     key: str
     data: bytes
+    #: Capture time (``time.time()``): the order of a key's items across processes.
+    at: float = 0.0
 
 
 class Item(NamedTuple):
@@ -183,7 +189,7 @@ class MemoryOutbox:
     def put_many(self, entries: Sequence[Entry]) -> list[int | None]:
         ids: list[int | None] = []
         with self._lock:
-            for kind, key, data in entries:
+            for kind, key, data, _ in entries:  # one process: arrival order is capture order
                 queue = self._pending.get(key)
                 if kind in UPSERT_KINDS and queue:
                     older = [item for item in queue if item.kind == kind]
@@ -332,7 +338,7 @@ class MemoryOutbox:
             chosen = [d for d in self._dead if ids is None or d.id in ids]
             for d in chosen:
                 self._dead.remove(d)
-        self.put_many([Entry(d.kind, d.key, d.data) for d in chosen])
+        self.put_many([Entry(d.kind, d.key, d.data, time.time()) for d in chosen])
         return len(chosen)
 
     def purge(self, ids: Collection[int] | None = None) -> int:
@@ -382,6 +388,7 @@ CREATE INDEX IF NOT EXISTS px_outbox_owner ON px_outbox(owner) WHERE owner IS NO
 CREATE INDEX IF NOT EXISTS px_outbox_route ON px_outbox(route, id);
 CREATE INDEX IF NOT EXISTS px_outbox_lease ON px_outbox(lease_until);
 CREATE INDEX IF NOT EXISTS px_outbox_retry ON px_outbox(retry_at);
+CREATE INDEX IF NOT EXISTS px_outbox_created ON px_outbox(created, id);
 """
 _ITEM_COLUMNS = "id, kind, route, data, attempts, first_failure"
 
@@ -412,11 +419,13 @@ class SQLiteOutbox:
         max_events: int = 1_000_000,
         lease: float = 30.0,
         busy_timeout: float = 5.0,
+        settle: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self.max_events = max_events
         self.lease = lease
+        self.settle = settle
         self.busy_timeout = busy_timeout
         self._clock = clock  # wall clock: leases are compared across processes
         self._host = socket.gethostname()
@@ -429,9 +438,26 @@ class SQLiteOutbox:
             isolation_level=None,  # autocommit; write transactions are explicit
             check_same_thread=False,  # one connection, serialised by self._lock
         )
+        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        # Several workers open one file at once: switching to WAL and creating the
+        # schema take locks that busy_timeout does not always wait for, so retry.
+        give_up = time.monotonic() + busy_timeout
+        while True:
+            try:
+                self._set_up()
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > give_up:
+                    self._db.close()
+                    raise
+                time.sleep(0.02)
+        self._reap_dead_owners()
+
+    def _set_up(self) -> None:
         with self._lock:
-            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            self._db.execute("PRAGMA journal_mode = WAL")
+            (mode,) = self._db.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() != "wal":
+                self._db.execute("PRAGMA journal_mode = WAL")
             # NORMAL in WAL mode survives a process crash (kill -9); only an OS crash or
             # power loss can lose the last commits, which is not worth an fsync per batch.
             self._db.execute("PRAGMA synchronous = NORMAL")
@@ -441,7 +467,6 @@ class SQLiteOutbox:
                 if name not in have:
                     self._db.execute(f"ALTER TABLE px_outbox ADD COLUMN {name} {decl}")
             self._db.executescript(_INDEXES)
-        self._reap_dead_owners()
 
     def _write(self, work: Callable[[sqlite3.Connection], None]) -> None:
         with self._lock:
@@ -450,7 +475,11 @@ class SQLiteOutbox:
                 work(self._db)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # A failed COMMIT ("database is locked") can leave the transaction open,
+                # and with it this connection's write lock: every process would stall.
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
                 raise
 
     # -- writes ---------------------------------------------------------------------
@@ -463,7 +492,7 @@ class SQLiteOutbox:
         def work(db: sqlite3.Connection) -> None:
             (stored,) = db.execute("SELECT COUNT(*) FROM px_outbox").fetchone()
             room = self.max_events - int(stored)
-            for kind, key, data in entries:
+            for kind, key, data, at in entries:
                 if kind in UPSERT_KINDS:
                     older = db.execute(
                         "SELECT id, data FROM px_outbox WHERE route = ? AND kind = ?"
@@ -481,7 +510,7 @@ class SQLiteOutbox:
                     continue
                 cursor = db.execute(
                     "INSERT INTO px_outbox (kind, route, data, created) VALUES (?, ?, ?, ?)",
-                    (kind, key, data, now),
+                    (kind, key, data, at or now),
                 )
                 ids.append(cursor.lastrowid)
                 room -= 1
@@ -497,12 +526,14 @@ class SQLiteOutbox:
             rows = self._db.execute(
                 "UPDATE px_outbox SET owner = ?1, lease_until = ?2 WHERE id IN ("
                 " SELECT id FROM px_outbox WHERE lease_until <= ?3 AND retry_at <= ?3"
+                " AND created <= ?5"
                 " AND route NOT IN (SELECT route FROM px_outbox WHERE lease_until > ?3"
                 "  UNION ALL SELECT route FROM px_outbox WHERE retry_at > ?3)"
-                f" ORDER BY id LIMIT ?4) RETURNING {_ITEM_COLUMNS}",
-                (self.owner, now + self.lease, now, n),
+                f" ORDER BY created, id LIMIT ?4) RETURNING {_ITEM_COLUMNS}, created",
+                (self.owner, now + self.lease, now, n, now - self.settle),
             ).fetchall()
-        return sorted(_item(row) for row in rows)
+        rows.sort(key=lambda row: (row[-1], row[0]))  # capture order
+        return [_item(row[:-1]) for row in rows]
 
     def ack(self, ids: Collection[int]) -> None:
         self._by_ids("DELETE FROM px_outbox WHERE id IN ({})", ids, ())
@@ -669,6 +700,7 @@ class SQLiteOutbox:
             max_events=self.max_events,
             lease=self.lease,
             busy_timeout=self.busy_timeout,
+            settle=self.settle,
             clock=self._clock,
         )
 

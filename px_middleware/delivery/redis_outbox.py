@@ -17,7 +17,11 @@ Why this keeps order per key and latest-wins upserts across hosts: a key lives i
 shard; a shard has one holder at a time (the lease); the holder reads the stream in
 order and hands a key's items to one sender at a time, in order (the same rules as
 ``MemoryOutbox``), and several upserts of one entity waiting together are merged into
-one (newer attributes win) that stands in for all of them. A newer upsert can therefore
+one (newer attributes win) that stands in for all of them. Processes append what they
+captured a few milliseconds later, each on its own: so, as in ``SQLiteOutbox``, an item
+is handed out only ``settle`` seconds after its capture time (stored with it), and a
+key's items go in capture-time order. Across hosts that order is as good as their
+clocks (NTP keeps them within milliseconds; a page view takes longer than that). A newer upsert can therefore
 never be sent before an older one, on any host.
 
 Takeover: when a lease lapses (its holder died or lost Redis for longer than the lease,
@@ -92,11 +96,11 @@ _DEAD_SHARD = 63
 _ADD = """
 local room = tonumber(ARGV[1]) - redis.call('XLEN', KEYS[1])
 local out = {}
-local n = (#ARGV - 1) / 3
+local n = (#ARGV - 1) / 4
 for i = 0, n - 1 do
   if i < room then
-    out[i + 1] = redis.call('XADD', KEYS[1], '*', 'k', ARGV[2 + 3 * i],
-                            'q', ARGV[3 + 3 * i], 'd', ARGV[4 + 3 * i])
+    out[i + 1] = redis.call('XADD', KEYS[1], '*', 'k', ARGV[2 + 4 * i],
+                            'q', ARGV[3 + 4 * i], 'd', ARGV[4 + 4 * i], 't', ARGV[5 + 4 * i])
   else
     out[i + 1] = false
   end
@@ -185,6 +189,7 @@ class RedisOutbox:
         max_events: int = 1_000_000,
         lease: float = 20.0,
         max_deliveries: int = 5,
+        settle: float = 0.0,
         spill: Outbox | None = None,
     ) -> None:
         if not 1 <= shards <= _DEAD_SHARD:
@@ -194,6 +199,7 @@ class RedisOutbox:
         self.max_events = max_events
         self.lease = lease
         self.max_deliveries = max_deliveries
+        self.settle = settle
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
         # redis-py's reply types are unions of everything a reply can be: the shapes used
         # here are fixed by the commands, so the client is used untyped.
@@ -217,6 +223,7 @@ class RedisOutbox:
         self._busy: dict[str, int] = {}  # key -> items handed out, not settled
         self._parked: dict[str, float] = {}  # key -> retry_at (wall clock)
         self._claimed: dict[int, Item] = {}
+        self._at: dict[int, float] = {}  # capture time of items read and not settled
         self._absorbed: dict[int, list[int]] = {}  # merged upsert -> the ids it stands for
         self._unacked: list[int] = []  # acks Redis did not get yet
         self._failed_ids: set[int] = set()  # ids with attempts recorded in Redis
@@ -260,8 +267,8 @@ class RedisOutbox:
         for shard, indexes in by_shard.items():
             args: list[Any] = [self._per_shard]
             for index in indexes:
-                kind, key, data = entries[index]
-                args += [kind, key, data]
+                kind, key, data, at = entries[index]
+                args += [kind, key, data, repr(at)]
             self._add(keys=[self._streams[shard]], args=args, client=pipe)
         replies = pipe.execute()
         ids: list[int | None] = [None] * len(entries)
@@ -288,6 +295,7 @@ class RedisOutbox:
         items: list[Item] = []
         now_wall = time.time()
         now = time.monotonic()
+        cutoff = now_wall - self.settle
         with self._lock:
             for key in [k for k, at in self._parked.items() if at <= now_wall]:
                 del self._parked[key]
@@ -303,23 +311,28 @@ class RedisOutbox:
                     skipped.append(key)  # the lease may be gone: hand out nothing more
                     continue
                 taken = 0
-                while queue and len(items) < n:
+                while queue and len(items) < n and self._at.get(queue[0].id, 0.0) <= cutoff:
                     item = queue.popleft()
                     if item.kind in UPSERT_KINDS:
-                        item = self._merge_upserts(item, queue)
+                        item = self._merge_upserts(item, queue, cutoff)
                     self._claimed[item.id] = item
                     items.append(item)
                     taken += 1
+                if not taken:
+                    skipped.append(key)  # captured too recently: see ``settle``
+                    continue
                 self._busy[key] = taken
                 if not queue:
                     del self._pending[key]
             self._ready.extend(skipped)
         return items
 
-    def _merge_upserts(self, first: Item, queue: collections.deque[Item]) -> Item:
+    def _merge_upserts(
+        self, first: Item, queue: collections.deque[Item], cutoff: float
+    ) -> Item:
         """One upsert for the consecutive waiting upserts of one entity (newest wins)."""
         group = [first]
-        while queue and queue[0].kind == first.kind:
+        while queue and queue[0].kind == first.kind and self._at.get(queue[0].id, 0.0) <= cutoff:
             group.append(queue.popleft())
         if len(group) == 1:
             return first
@@ -374,7 +387,8 @@ class RedisOutbox:
         """Forget what this handle read from ``shard`` (call with the lock held)."""
         self._valid.pop(shard, None)
         for key in [k for k in self._pending if shard_of(k, self.shards) == shard]:
-            del self._pending[key]
+            for item in self._pending.pop(key):
+                self._at.pop(item.id, None)
 
     def _shed(self, shard: int) -> None:
         with self._lock:
@@ -417,7 +431,7 @@ class RedisOutbox:
         with self._lock:
             self.counts["taken_over"] += len(items) + len(poison)
             self.counts["buried_deliveries"] += len(poison)
-            self._enqueue(items, front=True)
+            self._enqueue(items)
             for item in poison:
                 self._claimed[item.id] = item
                 self._busy[item.key] = self._busy.get(item.key, 0) + 1
@@ -446,7 +460,7 @@ class RedisOutbox:
         with self._lock:
             self._enqueue([i for i in items if shard_of(i.key, self.shards) in self._valid])
 
-    def _enqueue(self, items: list[Item], *, front: bool = False) -> None:
+    def _enqueue(self, items: list[Item]) -> None:
         """Add items read from Redis to their keys' queues (call with the lock held)."""
         by_key: dict[str, list[Item]] = {}
         for item in items:
@@ -455,18 +469,25 @@ class RedisOutbox:
             queue = self._pending.get(key)
             if queue is None:
                 queue = self._pending[key] = collections.deque()
-            if front:
-                queue.extendleft(reversed(group))
-            else:
-                queue.extend(group)
+            for item in group:  # in capture order: a slower writer's item may come later
+                queue.append(item)
+                position = len(queue) - 1
+                while position > 0 and self._order(queue[position - 1]) > self._order(item):
+                    queue[position] = queue[position - 1]
+                    position -= 1
+                queue[position] = item
             if key not in self._busy and key not in self._parked:
                 self._ready.append(key)
+
+    def _order(self, item: Item) -> tuple[float, int]:
+        return self._at.get(item.id, 0.0), item.id
 
     def _item(
         self, sid: bytes, fields: dict[bytes, bytes], shard: int, failed: bytes | None
     ) -> Item:
         attempts, first_failure = 0, 0.0
         item_id = encode_id(sid, shard)
+        self._at[item_id] = float(fields.get(b"t", 0.0))
         if failed:
             count, _, since = failed.decode().partition("|")
             attempts, first_failure = int(count), float(since or 0)
@@ -488,7 +509,9 @@ class RedisOutbox:
             if not batch:
                 break
             try:
-                ids = self._put_redis([Entry(i.kind, i.key, i.data) for i in batch])
+                # Capture times stay behind in the spill; now is later than all of them.
+                now = time.time()
+                ids = self._put_redis([Entry(i.kind, i.key, i.data, now) for i in batch])
             except Exception:
                 self._spill.release([i.id for i in batch])
                 raise
@@ -547,7 +570,10 @@ class RedisOutbox:
                 item = self._claimed.pop(item_id, None)
                 if item is None:
                     continue
-                out += self._absorbed.pop(item_id, [item_id])
+                stream_ids = self._absorbed.pop(item_id, [item_id])
+                for stream_id in stream_ids:
+                    self._at.pop(stream_id, None)
+                out += stream_ids
                 self._unbusy(item.key)
         return out
 
@@ -580,7 +606,8 @@ class RedisOutbox:
                 if shard_of(item.key, self.shards) in self._valid:
                     kept.append(item)
                 else:  # no longer ours: the shard's holder takes it over from the group
-                    self._absorbed.pop(item.id, None)
+                    for stream_id in self._absorbed.pop(item.id, [item.id]):
+                        self._at.pop(stream_id, None)
             for item in reversed(kept):
                 self._pending.setdefault(item.key, collections.deque()).appendleft(item)
             for item in items:
@@ -706,7 +733,8 @@ class RedisOutbox:
     def revive(self, ids: Collection[int] | None = None) -> int:
         chosen = self._chosen_dead(ids)
         for sid, fields in chosen:
-            self.put_many([Entry(fields[b"k"].decode(), fields[b"q"].decode(), fields[b"d"])])
+            entry = Entry(fields[b"k"].decode(), fields[b"q"].decode(), fields[b"d"], time.time())
+            self.put_many([entry])
             self._client.xdel(self._dead_key, sid)
         return len(chosen)
 
@@ -736,6 +764,7 @@ class RedisOutbox:
             max_events=self.max_events,
             lease=self.lease,
             max_deliveries=self.max_deliveries,
+            settle=self.settle,
             spill=self._spill.fork(),
         )
 
@@ -796,7 +825,7 @@ class RedisOutbox:
         log.warning(message, *args)
 
 
-def outbox_for(config: PXConfig) -> RedisOutbox:
+def outbox_for(config: PXConfig, *, settle: float = 0.0) -> RedisOutbox:
     """The outbox for ``config.redis_url``; it spills into the SQLite file at
     ``outbox_path`` when one is set, else into memory. The lease (the claim timeout) is
     twice the request timeout: a holder that stopped renewing it is gone for good."""
@@ -813,6 +842,7 @@ def outbox_for(config: PXConfig) -> RedisOutbox:
         connect(config.redis_url),
         key_prefix(config.api_key),
         lease=max(2 * config.request_timeout, 2.0),
+        settle=settle,
         spill=spill,
     )
 

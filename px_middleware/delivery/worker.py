@@ -46,6 +46,11 @@ KINDS = frozenset({"event", "user", "account"})
 POLL_INTERVAL = 0.05
 LOG_INTERVAL = 30.0
 RENEW_INTERVAL = 10.0
+#: Seconds a stored item waits before it may be sent, so that an earlier item of its
+#: key that another process stores a little later still goes first. See ``outbox``.
+SETTLE = 1.0
+#: Seconds to keep trying to open the outbox (another process may hold it locked).
+OPEN_PATIENCE = 15.0
 DROP_REASONS = ("overflow", "rejected", "auth", "invalid", "closed", "shutdown", "dead")
 
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
@@ -140,7 +145,7 @@ class Delivery:
     def _init_state(self) -> None:
         """Everything a process owns alone: rebuilt from scratch in a forked child."""
         self._pid = os.getpid()
-        self._buffer: collections.deque[tuple[str, Any]] = collections.deque()
+        self._buffer: collections.deque[tuple[str, Any, float]] = collections.deque()
         self._start_lock = threading.Lock()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -199,7 +204,7 @@ class Delivery:
             if len(self._buffer) + self._backlog() >= self._max_events:
                 self._drop("overflow", 1, f"the queue holds max_queue_events={self._max_events}")
                 return False
-            self._buffer.append((kind, body))
+            self._buffer.append((kind, body, time.time()))  # capture order across processes
             if not self._started:
                 self._start()
             return True
@@ -262,7 +267,7 @@ class Delivery:
                 with self._lock:
                     return not self._buffer and not self._in_transit and self._settled(None)
             marker = _Marker()
-            self._buffer.append(("", marker))
+            self._buffer.append(("", marker, 0.0))
             self._wake.set()
             with self._cond:
                 while not (marker.stored and self._settled(marker.last_id)):
@@ -405,19 +410,26 @@ class Delivery:
     # -- dispatcher thread ------------------------------------------------------------------
     def _open(self) -> None:
         outbox: Outbox | None = None
-        try:
-            if self._outbox_given is not None:
-                outbox = self._outbox_given
-            elif self._fork_of is not None:
-                outbox = self._fork_of.fork()
-            elif self.config.redis_url:
-                from px_middleware.delivery.redis_outbox import outbox_for
+        give_up = time.monotonic() + OPEN_PATIENCE
+        while outbox is None:
+            try:
+                if self._outbox_given is not None:
+                    outbox = self._outbox_given
+                elif self._fork_of is not None:
+                    outbox = self._fork_of.fork()
+                elif self.config.redis_url:
+                    from px_middleware.delivery.redis_outbox import outbox_for
 
-                outbox = outbox_for(self.config)
-            elif self.config.outbox_path:
-                outbox = SQLiteOutbox(self.config.outbox_path)
-        except Exception:
-            log.exception("px_middleware: cannot open the outbox; keeping events in memory")
+                    outbox = outbox_for(self.config, settle=SETTLE)
+                elif self.config.outbox_path:
+                    outbox = SQLiteOutbox(self.config.outbox_path, settle=SETTLE)
+                break
+            except Exception:
+                # Captures wait in the deque meanwhile (bounded by max_queue_events).
+                if time.monotonic() < give_up and not self._stop.wait(0.5):
+                    continue
+                log.exception("px_middleware: cannot open the outbox; keeping events in memory")
+                break
         if outbox is None:
             outbox = MemoryOutbox(self.config.max_queue_events, self.config.max_queue_bytes)
         self._outbox = outbox
@@ -463,17 +475,17 @@ class Delivery:
         buffer = self._buffer
         with self._lock:  # so counters() sees each item either queued or in transit
             chunk = [buffer.popleft() for _ in range(min(len(buffer), 10_000))]
-            fresh = sum(1 for _, body in chunk if not isinstance(body, _Marker))
+            fresh = sum(1 for _, body, _ in chunk if not isinstance(body, _Marker))
             self._popped += fresh
             self._in_transit += fresh
         taken = self._unsaved  # what an earlier failed write left, in order
         invalid = 0
-        for kind, body in chunk:
+        for kind, body, at in chunk:
             if isinstance(body, _Marker):
                 taken.append(body)
                 continue
             try:
-                taken.append(_encode(kind, body))
+                taken.append(_encode(kind, body, at))
             except Exception as exc:
                 invalid += 1
                 self._drop("invalid", 1, f"an invalid {kind} item: {exc}")
@@ -629,7 +641,7 @@ class Delivery:
             self._claimed -= len(items)
 
 
-def _encode(kind: str, body: Any) -> Entry:
+def _encode(kind: str, body: Any, at: float) -> Entry:
     if not isinstance(body, dict):
         raise TypeError(f"body must be a dict, not {type(body).__name__}")
     if kind == "event":
@@ -637,13 +649,19 @@ def _encode(kind: str, body: Any) -> Entry:
             # Fixed here, before the outbox, so every retry carries the same id.
             body = {**body, "eventId": str(uuid.uuid4())}
         key = body.get("sessionId") or body.get("identifyId") or body["eventId"]
+        date = body.get("date")
+        if isinstance(date, (int, float)) and not isinstance(date, bool):
+            # The event's own time (the request's start), not when it was captured: a
+            # page view is captured when its response ends, after the browser may
+            # already have asked another worker for the next page.
+            at = date / 1000.0
     else:
         field = "identifyId" if kind == "user" else "id"
         ident = body.get(field)
         if isinstance(ident, bool) or not isinstance(ident, (str, int)) or ident == "":
             raise ValueError(f"a PX {kind} needs a non-empty {field}")
         key = f"{kind}:{ident}"
-    return Entry(kind, str(key), _encode_json(body).encode())
+    return Entry(kind, str(key), _encode_json(body).encode(), at)
 
 
 def _describe(item: Item) -> str:

@@ -30,11 +30,14 @@ def _page(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterab
     return [PAGE]
 
 
-def _user(value: str | None) -> User | None:
-    return User(value) if value else None
+def _user(value: str | None, role: str | None = None) -> User | None:
+    """``?u=<id>`` is the logged-in user; ``&role=`` changes an attribute (an upsert)."""
+    return User(value, role=role) if value else None
 
 
-wsgi = PXWsgiMiddleware(_page, px_config, identify=lambda r: _user(r.args.get("u")))
+wsgi = PXWsgiMiddleware(
+    _page, px_config, identify=lambda r: _user(r.args.get("u"), r.args.get("role"))
+)
 
 
 async def _asgi_page(request: Request) -> HTMLResponse:
@@ -44,5 +47,5 @@ async def _asgi_page(request: Request) -> HTMLResponse:
 asgi = PXAsgiMiddleware(
     Starlette(routes=[Route("/", _asgi_page)]),
     px_config,
-    identify=lambda r: _user(r.query_params.get("u")),
+    identify=lambda r: _user(r.query_params.get("u"), r.query_params.get("role")),
 )
