@@ -72,6 +72,22 @@ def stored_ids(r: Any, standin: DevServer) -> set[str]:
     return ids
 
 
+def wait_delivered(
+    standin: DevServer, ids: set[str], servers: list[Server], timeout: float, r: Any = None
+) -> None:
+    """Wait until every eventId is at the stand-in; else fail saying where things are."""
+    try:
+        standin.wait_for(lambda: ids <= {e["eventId"] for e in standin.events()}, timeout)
+    except AssertionError:
+        missing = ids - {e["eventId"] for e in standin.events()}
+        in_redis = missing & stored_ids(r, standin) if r is not None else set()
+        logs = "\n".join(server.log()[-4000:] for server in servers)
+        raise AssertionError(
+            f"{len(missing)} of {len(ids)} never arrived ({len(in_redis)} still in Redis: "
+            f"{sorted(missing)}); logs:\n{logs}"
+        ) from None
+
+
 def max_per_second(timestamps_ms: list[int]) -> int:
     """The most requests in any 1-second window (sliding, not aligned to seconds)."""
     stamps = sorted(timestamps_ms)
@@ -123,8 +139,7 @@ def test_two_hosts_share_one_budget_one_outbox_and_keep_order(
             statuses += pool.map(lambda a: get(*a), batch)
             round_ids = {b[2] for b in batch}
             standin.wait_for(lambda ids=round_ids: ids <= stored_ids(r, standin), 30)  # type: ignore[misc]
-        every = {i for ids in expected.values() for i in ids}
-        standin.wait_for(lambda: every <= {e["eventId"] for e in standin.events()}, 60)
+        wait_delivered(standin, {i for ids in expected.values() for i in ids}, hosts, 60)
         logs = "".join(h.log() for h in hosts)
     r.close()
     assert statuses == [200] * len(sessions) * rounds
@@ -186,7 +201,7 @@ def test_kill_9_of_a_holder_hands_its_claimed_items_to_another_worker(
         assert claimed
         os.kill(pid, signal.SIGKILL)
         standin.faults()  # PX is healthy again; only the dead worker's claims are stuck
-        standin.wait_for(lambda: every <= {e["eventId"] for e in standin.events()}, 30)
+        wait_delivered(standin, every, [server], 30)
         assert pid not in lease_holders(r, prefix).values()
     r.close()
     received = collections.Counter(e["eventId"] for e in standin.events())
@@ -225,7 +240,7 @@ def test_a_redis_restart_loses_nothing_and_pages_keep_answering(
     env = env_for(standin, redis_url)
     with gunicorn(WSGI_APP, *GUNICORN_ARGS, env=env) as server:
         statuses, sent = steady_load_through(server, redis_server.restart)
-        standin.wait_for(lambda: set(sent) <= {e["eventId"] for e in standin.events()}, 30)
+        wait_delivered(standin, set(sent), [server], 30)
     assert statuses == [200] * len(sent)
 
 
@@ -249,8 +264,12 @@ def test_redis_down_keeps_items_locally_and_delivers_them_afterwards(
             redis_server.start()
 
         statuses, sent = steady_load_through(server, outage, count=30)
-        every = set(sent) | set(sent_before)
-        standin.wait_for(lambda: every <= {e["eventId"] for e in standin.events()}, 30)
+        r: Any = redis.Redis.from_url(redis_url)
+        try:
+            wait_delivered(standin, set(sent) | set(sent_before), [server], 30, r)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nduring the outage: {sorted(sent_before)}") from None
+        r.close()
         log = server.log()
     assert statuses == [200] * len(sent)
     assert "Redis unreachable" in log and "kept in the local outbox" in log

@@ -17,24 +17,26 @@ Why this keeps order per key and latest-wins upserts across hosts: a key lives i
 shard; a shard has one holder at a time (the lease); the holder reads the stream in
 order and hands a key's items to one sender at a time, in order (the same rules as
 ``MemoryOutbox``), and several upserts of one entity waiting together are merged into
-one (newer attributes win) that stands in for all of them. Processes append what they
+one (newer attributes win) that stands in for all of them. A newer upsert can
+therefore never be sent before an older one, on any host. Processes append what they
 captured a few milliseconds later, each on its own: so, as in ``SQLiteOutbox``, an item
 is handed out only ``settle`` seconds after its capture time (stored with it), and a
 key's items go in capture-time order. Across hosts that order is as good as their
-clocks (NTP keeps them within milliseconds; a page view takes longer than that). A newer upsert can therefore
-never be sent before an older one, on any host.
+clocks (NTP keeps them within milliseconds; a person's next click takes longer).
 
-Takeover: when a lease lapses (its holder died or lost Redis for longer than the lease,
-by default twice the request timeout), the next holder first takes every pending entry
-of the shard with ``XAUTOCLAIM`` (from ``0-0``, so in stream order, ahead of anything
-new) and only then reads new entries. The lease *is* the claim timeout: items are
-idle for at least that long (their holder stopped renewing), so ``XAUTOCLAIM`` runs with
-``min-idle 0`` rather than risk skipping an entry and sending its successors first. An
-entry that was delivered ``max_deliveries`` times without an acknowledgement killed or
-lost every holder it had: it goes to the dead letter. A holder stops handing out a
-shard's items as soon as its own view of the lease runs out, before Redis would let
-anybody else take it. The limit of the scheme: a holder frozen longer than the lease
-(a stopped VM) may finish a request it had already started after the next holder began.
+Takeover: when a lease lapses (its holder died, or lost Redis for longer than the
+lease: by default twice the request timeout), the next holder first takes every pending
+entry of the shard with ``XAUTOCLAIM`` (from ``0-0``, so in stream order, ahead of
+anything new) and only then reads new entries. The lease *is* the claim timeout, so
+``XAUTOCLAIM`` runs with ``min-idle 0``: a minimum idle time would skip entries that
+were read just before their holder died and send their successors first. A holder
+hands out nothing more once half the lease has passed since its last renewal, so a
+request it started (at most the request timeout, half the lease) has ended before
+Redis lets anybody else take the shard; only a holder frozen for longer than the lease
+(a suspended VM) can break that. An entry delivered more than ``max_deliveries`` times
+without an acknowledgement killed or lost every holder it had: it goes to the dead
+letter. After a Redis error, a holder also takes back what is pending for it and it
+never saw (a reply lost as the connection broke).
 
 Bounded: each shard holds at most ``ceil(max_events / shards)`` entries; ``XADD`` past
 that is refused (``put_many`` answers ``None``, the worker counts and logs it), never
@@ -231,6 +233,7 @@ class RedisOutbox:
         self._groups_ready = False
         self._down_until = 0.0
         self._was_down = False
+        self._resync = False  # after a Redis error: look for entries whose reply was lost
         self._last_log: dict[str, float] = {}
         self.counts: dict[str, int] = dict.fromkeys(
             ["redis_errors", "spilled", "moved_back", "taken_over", "buried_deliveries"], 0
@@ -377,6 +380,10 @@ class RedisOutbox:
             self._shed(shard)
         for shard in taken:
             self._take_over(shard)
+        if self._resync:
+            for shard in held:
+                self._take_over(shard, resync=True)
+            self._resync = False
         if self._was_down:
             self._move_back()
 
@@ -397,8 +404,12 @@ class RedisOutbox:
             self._drop_shard(shard)  # still pending in the group: the next holder takes them
         self._release_script(keys=[self._leases[shard]], args=[self.owner])
 
-    def _take_over(self, shard: int) -> None:
-        """Take every pending entry of a newly held shard, oldest first, before new ones."""
+    def _take_over(self, shard: int, *, resync: bool = False) -> None:
+        """Take every pending entry of a newly held shard, oldest first, before new ones.
+
+        ``resync``: after a Redis error, a shard held all along. A reply lost on the way
+        (an ``XREADGROUP`` that Redis served as the connection broke) leaves entries
+        pending for this handle that it never saw: take those, and only those."""
         stream = self._streams[shard]
         entries: list[tuple[bytes, dict[bytes, bytes]]] = []
         cursor: bytes | str = "0-0"
@@ -418,13 +429,17 @@ class RedisOutbox:
             for p in self._client.xpending_range(stream, GROUP, "-", "+", len(entries) + 100)
         }
         attempts = self._client.hmget(self._attempts_key, [sid for sid, _ in entries])
+        with self._lock:
+            known = {*self._claimed, *self._unacked}
+            known.update(i for ids in self._absorbed.values() for i in ids)
+            known.update(item.id for queue in self._pending.values() for item in queue)
         poison: list[Item] = []
         items: list[Item] = []
         for (sid, fields), failed in zip(entries, attempts, strict=True):
+            if encode_id(sid, shard) in known:
+                continue  # in flight, waiting or settled here: not lost
             item = self._item(sid, fields, shard, failed)
-            if item.id in self._claimed:
-                continue  # still in flight here from an earlier hold of this shard
-            if delivered.get(_text(sid), 0) > self.max_deliveries:
+            if not resync and delivered.get(_text(sid), 0) > self.max_deliveries:
                 poison.append(item)
             else:
                 items.append(item)
@@ -807,6 +822,7 @@ class RedisOutbox:
             self.counts["redis_errors"] += 1
         self._down_until = time.monotonic() + 1.0
         self._was_down = True
+        self._resync = True
         self._groups_ready = False  # a restarted Redis without its AOF has no groups
         self._next_round = 0.0
         self._warn(
