@@ -37,6 +37,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -128,7 +129,8 @@ class Outbox(Protocol):
         ...
 
     def stats(self) -> dict[str, int]:
-        """``stored``, ``claimed``, ``parked`` (waiting for ``retry_at``) and ``dead``."""
+        """``stored``, ``claimed``, ``parked`` (waiting for ``retry_at``), ``settling``
+        (too new to claim yet, see 1.) and ``dead``."""
         ...
 
     def dead(self, limit: int = 100) -> list[DeadItem]:
@@ -326,6 +328,7 @@ class MemoryOutbox:
                 "stored": len(self._live),
                 "claimed": len(self._claimed),
                 "parked": len(self._parked),
+                "settling": 0,
                 "dead": len(self._dead),
             }
 
@@ -452,6 +455,12 @@ class SQLiteOutbox:
                     raise
                 time.sleep(0.02)
         self._reap_dead_owners()
+        ref = weakref.ref(self)
+        os.register_at_fork(
+            before=lambda: _quiesce(ref, True),
+            after_in_parent=lambda: _quiesce(ref, False),
+            after_in_child=lambda: _quiesce(ref, None),
+        )
 
     def _set_up(self) -> None:
         with self._lock:
@@ -640,13 +649,19 @@ class SQLiteOutbox:
     def stats(self) -> dict[str, int]:
         now = self._clock()
         with self._lock:
-            stored, claimed, parked = self._db.execute(
+            stored, claimed, parked, settling = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(lease_until > ?), 0),"
-                " COALESCE(SUM(retry_at > ?), 0) FROM px_outbox",
-                (now, now),
+                " COALESCE(SUM(retry_at > ?), 0), COALESCE(SUM(created > ?), 0) FROM px_outbox",
+                (now, now, now - self.settle),
             ).fetchone()
             (dead,) = self._db.execute("SELECT COUNT(*) FROM px_dead").fetchone()
-        return {"stored": stored, "claimed": claimed, "parked": parked, "dead": dead}
+        return {
+            "stored": stored,
+            "claimed": claimed,
+            "parked": parked,
+            "settling": settling,
+            "dead": dead,
+        }
 
     def dead(self, limit: int = 100) -> list[DeadItem]:
         with self._lock:
@@ -710,6 +725,25 @@ class SQLiteOutbox:
             return
         with self._lock:
             self._db.close()
+
+
+def _quiesce(ref: weakref.ref[SQLiteOutbox], before: bool | None) -> None:
+    """Hold the connection idle across ``fork()`` (gunicorn ``--preload``).
+
+    SQLite keeps per-process lock bookkeeping for each file; a child forked while a
+    thread of the parent was inside a statement inherits that bookkeeping without the
+    locks, and every connection it opens to the file can then fail with "database is
+    locked" for good. Taking the handle's lock before the fork means no statement runs.
+    """
+    box = ref()
+    if box is None:
+        return
+    if before:
+        box._lock.acquire()
+    elif before is None:
+        box._lock = threading.Lock()  # the child's copy is held; it never uses this one
+    else:
+        box._lock.release()
 
 
 def _item(row: Any) -> Item:

@@ -136,7 +136,6 @@ class Delivery:
         self._max_events = config.max_queue_events
         self._outbox_given = outbox
         self._fork_of: Outbox | None = None
-        self._notices = Notices(log)
         self._init_state()
         os.register_at_fork(after_in_child=_fork_hook(self))
         if config.outbox_path or config.redis_url or (outbox is not None and outbox.durable):
@@ -145,6 +144,9 @@ class Delivery:
     def _init_state(self) -> None:
         """Everything a process owns alone: rebuilt from scratch in a forked child."""
         self._pid = os.getpid()
+        # Its lock too: a parent's thread may hold it at fork(), and a child that waits
+        # for it would never store or send anything.
+        self._notices = Notices(log)
         self._buffer: collections.deque[tuple[str, Any, float]] = collections.deque()
         self._start_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -525,7 +527,10 @@ class Delivery:
                 return False
         outbox = self._outbox
         assert outbox is not None
-        return not outbox.durable or outbox.stats()["claimed"] == 0
+        if not outbox.durable:
+            return True
+        stats = outbox.stats()  # anyone's item in flight, or too new to send yet: wait
+        return stats["claimed"] == 0 and stats["settling"] == 0
 
     def _claim(self) -> int:
         room = self._claim_cap - self._claimed
