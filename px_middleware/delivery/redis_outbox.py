@@ -712,8 +712,9 @@ class RedisOutbox:
 
     def stats(self) -> dict[str, int]:
         """``stored`` (in the streams), ``pending`` (read by some holder, not acked),
-        ``claimed``/``parked`` (this handle), ``dead``, ``spilled_now`` (kept locally),
-        ``shards_held`` and this handle's counters; ``-1`` where Redis did not answer."""
+        ``claimed``/``parked``/``settling`` (this handle's view), ``dead``,
+        ``spilled_now`` (kept locally), ``shards_held`` and this handle's counters; ``-1``
+        where Redis did not answer."""
         out = {"stored": -1, "pending": -1, "dead": -1}
         try:
             self._flush_acks()
@@ -731,10 +732,17 @@ class RedisOutbox:
             out = {"stored": sum(lengths[:-1]), "pending": pending, "dead": int(lengths[-1])}
         except Exception as exc:
             self._failed(exc)
+        cutoff = time.time() - self.settle
         with self._lock:
             out.update(
                 claimed=len(self._claimed),
                 parked=len(self._parked),
+                settling=sum(
+                    1
+                    for queue in self._pending.values()
+                    for item in queue
+                    if self._at.get(item.id, 0.0) > cutoff
+                ),
                 shards_held=len(self._valid),
                 **self.counts,
             )
