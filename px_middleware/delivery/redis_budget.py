@@ -52,8 +52,9 @@ log = logging.getLogger("px_middleware.delivery")
 PX_DAILY_BUDGET = 1_000_000
 #: Seconds between two WARNING lines about the same trouble.
 LOG_EVERY = 30.0
-#: A reserved slot is used at most this many seconds late (a stall), else taken again.
-MAX_LATE = 0.02
+#: A reserved slot is used at most this many seconds late (a stall), else taken again:
+#: later, it would add to a burst; a tighter margin wastes slots on a busy machine.
+MAX_LATE = 0.05
 #: After a Redis error, the local bucket decides for this long before Redis is tried again.
 RETRY_REDIS_AFTER = 1.0
 
