@@ -161,6 +161,9 @@ def test_gunicorn_preload_workers_deliver_every_event(
         PX_PRODUCT_KEY=PRODUCT_KEY,
         PX_API_KEY=devserver.api_key,
         PX_API_URL=devserver.api_url,
+        # Lists: 200 events in 8 sessions, one sender per session, must all go out
+        # within the shutdown deadline also on a loaded CI machine.
+        PX_BATCH_EVENTS="true",
     )
     if shared_outbox:  # four workers, one SQLite file: leases keep their sends apart
         env["PX_OUTBOX_PATH"] = str(tmp_path / "outbox.sqlite3")

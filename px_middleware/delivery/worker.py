@@ -48,7 +48,7 @@ LOG_INTERVAL = 30.0
 RENEW_INTERVAL = 10.0
 #: Seconds a stored item waits before it may be sent, so that an earlier item of its
 #: key that another process stores a little later still goes first. See ``outbox``.
-SETTLE = 1.0
+SETTLE = 2.0
 #: Seconds to keep trying to open the outbox (another process may hold it locked).
 OPEN_PATIENCE = 15.0
 DROP_REASONS = ("overflow", "rejected", "auth", "invalid", "closed", "shutdown", "dead")
