@@ -7,9 +7,14 @@ one short timeout, after which the caller falls back and tries again later itsel
 
 from __future__ import annotations
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError as exc:  # a clear start-up error, not a bare module name
+    raise ImportError(
+        "PXConfig.redis_url (PX_REDIS_URL) needs redis-py: pip install 'px_middleware[redis]'"
+    ) from exc
 
 #: Seconds a command (or a connection attempt) may take before the caller falls back.
 SOCKET_TIMEOUT = 2.0
