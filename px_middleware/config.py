@@ -45,6 +45,7 @@ _PRODUCT_KEY = re.compile(r"AP-[A-Z0-9]{6,}-\d+(?:-\d+)?")
 _URL = re.compile(r"https?://[^\s/?#]+(?:[/?#]\S*)?")
 #: RFC 6265 cookie-name: an HTTP token.
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_REDIS_URL = re.compile(r"(?:rediss?://[^\s/?#]*|unix://)(?:[/?#]\S*)?")
 _SDK_CONFIG_KEYS = frozenset(
     {
         "htmlSanitization",
@@ -149,6 +150,9 @@ class PXConfig:
     #: its ``px_dead`` table), once it has also been failing ``dead_letter_after`` s.
     max_attempts: int = 10
     dead_letter_after: float = 3600.0
+    #: ``redis://`` / ``rediss://`` / ``unix://`` URL: one PX budget and one outbox shared
+    #: by every process on every host (``pip install 'px_middleware[redis]'``).
+    redis_url: str | None = _secret_field()
 
     def __post_init__(self) -> None:
         if not isinstance(self.product_key, str) or not _PRODUCT_KEY.fullmatch(
@@ -230,6 +234,10 @@ class PXConfig:
             raise ValueError("max_queue_events must be >= 1 and max_queue_bytes >= 1024")
         if self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if self.redis_url is not None and not (
+            isinstance(self.redis_url, str) and _REDIS_URL.fullmatch(self.redis_url)
+        ):
+            raise ValueError("redis_url must look like redis://host:6379/0 (or rediss://, unix://)")
         try:
             re.compile(self.bot_pattern)
         except re.error as exc:

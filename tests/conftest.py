@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: the local PX stand-in (``devserver``)."""
+"""Fixtures shared by the whole suite: the local PX stand-in (``devserver``) and a real
+Redis (``redis_server``, ``redis_url``)."""
 
 from collections.abc import Iterator
 
@@ -6,7 +7,7 @@ import pytest
 
 from px_middleware.core.notices import REQUEST_NOTICES
 
-pytest_plugins = ["tests.support.devserver"]
+pytest_plugins = ["tests.support.devserver", "tests.support.redis_server"]
 
 
 @pytest.fixture(autouse=True)

@@ -39,6 +39,7 @@ SETTINGS = (
     "batch_events",
     "max_attempts",
     "dead_letter_after",
+    "redis_url",
 )
 
 

@@ -120,6 +120,12 @@ class Delivery:
             raise ValueError("PXConfig.api_key is required to deliver events to PX")
         self.config = config
         self._clock = clock or time.monotonic
+        self._pause = retry.PAUSE
+        if limiter is None and config.redis_url:  # one budget for every process and host
+            from px_middleware.delivery.redis_budget import budget_for
+
+            limiter = budget = budget_for(config)
+            self._pause = budget.pause
         self._limiter = limiter or TokenBucket(
             config.rate_limit, daily_budget=config.daily_budget, clock=self._clock
         )
@@ -132,7 +138,7 @@ class Delivery:
         self._fork_of: Outbox | None = None
         self._init_state()
         os.register_at_fork(after_in_child=_fork_hook(self))
-        if config.outbox_path or (outbox is not None and outbox.durable):
+        if config.outbox_path or config.redis_url or (outbox is not None and outbox.durable):
             self.start()  # drain on start: a backlog must not wait for traffic
 
     def _init_state(self) -> None:
@@ -157,6 +163,7 @@ class Delivery:
         self._exporter = Exporter(
             self.config,
             limiter=self._limiter,
+            pause=self._pause,
             retry_base=self._retry_base,
             retry_cap=self._retry_cap,
             count=self._add,
@@ -412,6 +419,10 @@ class Delivery:
                     outbox = self._outbox_given
                 elif self._fork_of is not None:
                     outbox = self._fork_of.fork()
+                elif self.config.redis_url:
+                    from px_middleware.delivery.redis_outbox import outbox_for
+
+                    outbox = outbox_for(self.config, settle=SETTLE)
                 elif self.config.outbox_path:
                     outbox = SQLiteOutbox(self.config.outbox_path, settle=SETTLE)
                 break
