@@ -476,13 +476,23 @@ def test_decision_is_announced_once_and_later_chunks_pass_through() -> None:
     assert injector.close() == b""
 
 
-def test_abandon_returns_the_held_bytes_unchanged() -> None:
+@pytest.mark.parametrize(
+    ("page", "document"),
+    [
+        (b"<title>t</title><div>a fragment with head elements</div>", False),
+        (b"<div>a plain fragment</div>", False),
+        (b"just text", False),
+        (b"<!doctype html><p>implied head and body</p>", True),
+        (b"<html><head><script>aptrinsic('x')</script></head><body>", True),
+    ],
+)
+def test_the_verdict_tells_a_fragment_from_a_document(page: bytes, document: bool) -> None:
+    """What the exchange reads to decide that a response is not a page view."""
     injector = Injector(SNIPPET)
-    assert injector.feed(b"<html><head><script>var a = 1;") == b""
-    assert injector.abandon() == b"<html><head><script>var a = 1;"
-    assert injector.inserted is False
-    assert injector.feed(b"</script></head>") == b"</script></head>"
-    assert injector.close() == b""
+    injector.feed(page)
+    injector.close()
+    assert injector.decided
+    assert injector.document is document
 
 
 def test_truncated_document_at_close_uses_what_was_seen() -> None:

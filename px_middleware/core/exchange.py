@@ -564,7 +564,4 @@ class Exchange:
 
 def _fragment(injector: Injector) -> bool:
     """The injector found no document: an HTML fragment (``fetch()``, htmx, ...)."""
-    # Its verdict is a reason text; these are its "not a document" ones.
-    return injector.inserted is False and "not a" in injector.reason and (
-        "document" in injector.reason
-    )
+    return injector.inserted is False and not injector.document

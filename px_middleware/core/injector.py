@@ -208,12 +208,10 @@ class Injector:
             self._decide(None, "no <head> or <body> in the document")
         return self._release()
 
-    def abandon(self) -> bytes:
-        """Stop: return what is held, unchanged; later chunks pass through as is."""
-        data, self._data = bytes(self._data), b""
-        if not self.decided:
-            self._decide(None, "abandoned after an error")
-        return data
+    @property
+    def document(self) -> bool:
+        """A doctype, ``<html>``, ``<head>`` or ``<body>`` was seen: not a fragment."""
+        return self._document
 
     # -- internals ------------------------------------------------------------------
     def _release(self) -> bytes:
