@@ -531,15 +531,24 @@ class SQLiteOutbox:
         if n <= 0:
             return []
         now = self._clock()
+        claimable = (
+            " SELECT id FROM px_outbox WHERE lease_until <= ?3 AND retry_at <= ?3"
+            " AND created <= ?5"
+            " AND route NOT IN (SELECT route FROM px_outbox WHERE lease_until > ?3"
+            "  UNION ALL SELECT route FROM px_outbox WHERE retry_at > ?3)"
+            " ORDER BY created, id LIMIT ?4"
+        )
+        params = (self.owner, now + self.lease, now, n, now - self.settle)
         with self._lock:
+            # A read first: in WAL mode it takes no write lock. Every process polls
+            # several times a second, and an UPDATE that claims nothing still takes the
+            # write lock, which starved the writers that store captured items.
+            if self._db.execute(claimable, params).fetchone() is None:
+                return []
             rows = self._db.execute(
-                "UPDATE px_outbox SET owner = ?1, lease_until = ?2 WHERE id IN ("
-                " SELECT id FROM px_outbox WHERE lease_until <= ?3 AND retry_at <= ?3"
-                " AND created <= ?5"
-                " AND route NOT IN (SELECT route FROM px_outbox WHERE lease_until > ?3"
-                "  UNION ALL SELECT route FROM px_outbox WHERE retry_at > ?3)"
-                f" ORDER BY created, id LIMIT ?4) RETURNING {_ITEM_COLUMNS}, created",
-                (self.owner, now + self.lease, now, n, now - self.settle),
+                f"UPDATE px_outbox SET owner = ?1, lease_until = ?2 WHERE id IN ({claimable})"
+                f" RETURNING {_ITEM_COLUMNS}, created",
+                params,
             ).fetchall()
         rows.sort(key=lambda row: (row[-1], row[0]))  # capture order
         return [_item(row[:-1]) for row in rows]
