@@ -17,7 +17,7 @@ import pytest
 
 from px_middleware.core.notices import Notices
 from px_middleware.delivery import retry
-from px_middleware.delivery.outbox import Entry, MemoryOutbox, Outbox, SQLiteOutbox
+from px_middleware.delivery.outbox import Entry, Item, MemoryOutbox, Outbox, SQLiteOutbox
 from px_middleware.delivery.ratelimit import DAY, TokenBucket
 from px_middleware.delivery.retry import backoff, classify, retry_delay
 from px_middleware.rest import PXAPIError, PXRateLimited, parse_retry_after
@@ -529,3 +529,31 @@ def test_notices_log_the_first_then_one_summary_per_interval(
         "attempt to write a readonly database"
     ]
     assert all(r.levelno == logging.WARNING for r in caplog.records)
+
+
+def _role(item: Item) -> object:
+    return json.loads(item.data)["role"]
+
+
+def test_sqlite_upserts_stored_late_by_another_process_never_win(tmp_path: Path) -> None:
+    """Latest by capture time, whatever order two processes stored the upserts in."""
+    path = str(tmp_path / "outbox.sqlite3")
+    clock = FakeClock(NOW)
+    fast, slow = SQLiteOutbox(path, clock=clock), SQLiteOutbox(path, clock=clock)
+    r6 = Entry("user", "user:u1", b'{"identifyId":"u1","role":"r6"}', NOW - 2)
+    r7 = Entry("user", "user:u1", b'{"identifyId":"u1","role":"r7"}', NOW - 1)
+    # Stored out of capture order, before anything was sent: one body, r7's values.
+    fast.put_many([r7])
+    slow.put_many([r6])
+    (merged,) = fast.claim(10)
+    assert _role(merged) == "r7"
+    fast.ack([merged.id])
+    # r7 reached PX; r6 is stored only now, by a process that was slow: never sent.
+    slow.put_many([r6])
+    assert fast.claim(10) == [] and slow.claim(10) == []
+    assert fast.size() == 0
+    # A newer change after that is sent as usual.
+    fast.put_many([Entry("user", "user:u1", b'{"identifyId":"u1","role":"r8"}', NOW)])
+    assert [_role(i) for i in slow.claim(10)] == ["r8"]
+    fast.close()
+    slow.close()

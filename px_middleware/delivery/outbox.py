@@ -378,7 +378,16 @@ CREATE TABLE IF NOT EXISTS px_dead (
     error TEXT NOT NULL,
     buried REAL NOT NULL
 );
+-- Per user/account: the capture time of the newest upsert PX acknowledged. An older
+-- one stored late by a slow process is superseded, never sent after it.
+CREATE TABLE IF NOT EXISTS px_latest (
+    route TEXT PRIMARY KEY,
+    created REAL NOT NULL
+);
 """
+_UPSERT_SQL = ", ".join(f"'{kind}'" for kind in sorted(UPSERT_KINDS))
+#: How long a high-water mark in ``px_latest`` is kept (far beyond any store delay).
+_LATEST_KEPT = 3600.0
 # Columns added after the first release: an older file is migrated in place.
 _COLUMNS = {
     "attempts": "INTEGER NOT NULL DEFAULT 0",
@@ -502,14 +511,22 @@ class SQLiteOutbox:
             (stored,) = db.execute("SELECT COUNT(*) FROM px_outbox").fetchone()
             room = self.max_events - int(stored)
             for kind, key, data, at in entries:
+                at = at or now
                 if kind in UPSERT_KINDS:
                     older = db.execute(
-                        "SELECT id, data FROM px_outbox WHERE route = ? AND kind = ?"
+                        "SELECT id, data, created FROM px_outbox WHERE route = ? AND kind = ?"
                         " AND lease_until <= ? ORDER BY id",
                         (key, kind, now),
                     ).fetchall()
                     if older:
-                        data = coalesce([bytes(row[1]) for row in older], data)
+                        # In capture order, not store order: another process may have
+                        # stored a newer upsert of this entity before this one.
+                        bodies = sorted(
+                            [(float(row[2]), bytes(row[1])) for row in older] + [(at, data)],
+                            key=lambda body: body[0],
+                        )
+                        data = coalesce([body for _, body in bodies[:-1]], bodies[-1][1])
+                        at = bodies[-1][0]
                         db.executemany(
                             "DELETE FROM px_outbox WHERE id = ?", [(row[0],) for row in older]
                         )
@@ -519,7 +536,7 @@ class SQLiteOutbox:
                     continue
                 cursor = db.execute(
                     "INSERT INTO px_outbox (kind, route, data, created) VALUES (?, ?, ?, ?)",
-                    (kind, key, data, at or now),
+                    (kind, key, data, at),
                 )
                 ids.append(cursor.lastrowid)
                 room -= 1
@@ -545,6 +562,12 @@ class SQLiteOutbox:
             # write lock, which starved the writers that store captured items.
             if self._db.execute(claimable, params).fetchone() is None:
                 return []
+            self._db.execute(
+                f"DELETE FROM px_outbox WHERE kind IN ({_UPSERT_SQL}) AND lease_until <= ?"
+                " AND created <= (SELECT created FROM px_latest"
+                " WHERE px_latest.route = px_outbox.route)",
+                (now,),
+            )
             rows = self._db.execute(
                 f"UPDATE px_outbox SET owner = ?1, lease_until = ?2 WHERE id IN ({claimable})"
                 f" RETURNING {_ITEM_COLUMNS}, created",
@@ -554,7 +577,14 @@ class SQLiteOutbox:
         return [_item(row[:-1]) for row in rows]
 
     def ack(self, ids: Collection[int]) -> None:
-        self._by_ids("DELETE FROM px_outbox WHERE id IN ({})", ids, ())
+        self._by_ids(
+            "INSERT INTO px_latest (route, created) SELECT route, created FROM px_outbox"
+            f" WHERE id IN ({{}}) AND kind IN ({_UPSERT_SQL}) AND true"
+            " ON CONFLICT (route) DO UPDATE SET created = max(created, excluded.created)",
+            ids,
+            (),
+            then="DELETE FROM px_outbox WHERE id IN ({})",
+        )
 
     def release(
         self,
@@ -594,11 +624,13 @@ class SQLiteOutbox:
         )
 
     def renew(self) -> None:
+        now = self._clock()
         with self._lock:
             self._db.execute(
                 "UPDATE px_outbox SET lease_until = ? WHERE owner = ? AND lease_until > 0",
-                (self._clock() + self.lease, self.owner),
+                (now + self.lease, self.owner),
             )
+            self._db.execute("DELETE FROM px_latest WHERE created < ?", (now - _LATEST_KEPT,))
         self._reap_dead_owners()
 
     def _by_ids(
