@@ -212,6 +212,19 @@ def test_gunicorn_preload_workers_deliver_every_event(
         if server.poll() is None:
             server.kill()
             server.wait()
-    exactly_once(devserver.events(), ids)
     if shared_outbox:
+        # What the 5 s shutdown could not send on a loaded machine stays in the outbox
+        # (that is the promise, not delivery within the deadline): the next process
+        # that opens it drains it, with no traffic.
+        left = SQLiteOutbox(env["PX_OUTBOX_PATH"]).size()
+        assert len({e["eventId"] for e in devserver.events()}) + left == len(ids)
+        if left:
+            restarted = Delivery(
+                config_for(devserver, outbox_path=env["PX_OUTBOX_PATH"], batch_events=True)
+            )
+            try:
+                devserver.wait_for(lambda: len(devserver.events()) >= len(ids), timeout=60)
+            finally:
+                restarted.shutdown(5.0)
         assert SQLiteOutbox(env["PX_OUTBOX_PATH"]).size() == 0
+    exactly_once(devserver.events(), ids)

@@ -217,13 +217,20 @@ def test_rapid_attribute_changes_end_with_the_latest_for_every_user(
 
         with concurrent.futures.ThreadPoolExecutor(users) as pool:
             list(pool.map(change, range(users)))
-        devserver.wait_for(
-            lambda: (
-                all(u.get("role") == f"r{changes - 1}" for u in devserver.users())
-                and len(devserver.users()) == users
-            ),
-            timeout=60,
-        )
+        try:
+            devserver.wait_for(
+                lambda: (
+                    all(u.get("role") == f"r{changes - 1}" for u in devserver.users())
+                    and len(devserver.users()) == users
+                ),
+                timeout=60,
+            )
+        except AssertionError:
+            with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
+                rows = db.execute("SELECT id, route, created, owner, lease_until, retry_at,"
+                                  " attempts, last_error FROM px_outbox").fetchall()
+            roles = {u["identifyId"]: u.get("role") for u in devserver.users()}
+            raise AssertionError(f"roles {roles}; outbox {rows}; log {server.log()}") from None
         devserver.faults()
     # Stopped: nothing still in flight can overwrite the latest any more.
     assert {u["identifyId"]: u["role"] for u in devserver.users()} == {
