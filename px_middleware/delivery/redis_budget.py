@@ -40,6 +40,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from px_middleware.config import MAX_RETRY_WAIT, PXConfig
+from px_middleware.core.notices import Notices
 from px_middleware.delivery.ratelimit import TokenBucket
 from px_middleware.delivery.retry import Pause
 
@@ -51,7 +52,6 @@ log = logging.getLogger("px_middleware.delivery")
 #: PX's published daily quota per subscription.
 PX_DAILY_BUDGET = 1_000_000
 #: Seconds between two WARNING lines about the same trouble.
-LOG_EVERY = 30.0
 #: A reserved slot is used at most this many seconds late (a stall), else taken again:
 #: later, it would add to a burst; a tighter margin wastes slots on a busy machine.
 MAX_LATE = 0.05
@@ -160,7 +160,7 @@ class RedisBudget:
         self._lock = threading.Lock()
         self._hold_until = 0.0  # paused or day spent: no need to ask Redis before then
         self._redis_down_until = 0.0
-        self._last_log: dict[str, float] = {}
+        self._notices = Notices(log)
         self.counts: dict[str, int] = dict.fromkeys(
             ["granted", "late", "paused", "refused_daily", "redis_errors", "fallback_grants"], 0
         )
@@ -205,12 +205,9 @@ class RedisBudget:
             self._hold(now + wait)
         elif code == 2:
             self._count("refused_daily")
-            self._warn(
-                "daily",
-                "px_middleware: the daily PX budget of %d requests is spent; items wait in "
-                "the outbox until 00:00 UTC (%d refusals counted)",
-                self.daily_budget,
-                self.counts["refused_daily"],
+            self._notices.note(
+                f"the daily PX budget of {self.daily_budget} requests is spent", 1,
+                "items wait in the outbox until 00:00 UTC",
             )
             self._hold(now + min(wait, 5.0))  # look again soon: the budget may be raised
         return wait
@@ -265,13 +262,9 @@ class RedisBudget:
     def _redis_failed(self, exc: Exception) -> None:
         self._count("redis_errors")
         self._redis_down_until = time.monotonic() + RETRY_REDIS_AFTER
-        self._warn(
-            "redis",
-            "px_middleware: Redis budget unreachable (%s); this process limits itself to "
-            "%g requests/s until it is back (%d errors counted)",
-            exc,
-            self.rate,
-            self.counts["redis_errors"],
+        self._notices.note(
+            "Redis budget unreachable", 1,
+            f"{exc}; this process limits itself to {self.rate:g} requests/s until it is back",
         )
 
     def _hold(self, until: float) -> None:
@@ -281,14 +274,6 @@ class RedisBudget:
     def _count(self, name: str) -> None:
         with self._lock:
             self.counts[name] += 1
-
-    def _warn(self, topic: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last_log.get(topic, -LOG_EVERY) < LOG_EVERY:
-                return
-            self._last_log[topic] = now
-        log.warning(message, *args)
 
 
 class SharedPause(Pause):

@@ -65,6 +65,7 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from px_middleware.config import PXConfig
+from px_middleware.core.notices import Notices
 from px_middleware.delivery.outbox import (
     UPSERT_KINDS,
     DeadItem,
@@ -89,7 +90,6 @@ READ_BATCH = 200
 LEASE_ROUND = 0.5
 #: At most this many new shards per lease round, so a first process does not take all.
 TAKE_PER_ROUND = 2
-LOG_EVERY = 30.0
 # Ids: (ms since 2024 << 22) | (sequence << 6) | shard: 41 + 16 + 6 bits, an int64 for
 # 69 years. A sequence is per stream and millisecond: Redis cannot append 65,536 in one.
 _EPOCH_MS = 1_704_067_200_000
@@ -234,7 +234,7 @@ class RedisOutbox:
         self._down_until = 0.0
         self._was_down = False
         self._resync = False  # after a Redis error: look for entries whose reply was lost
-        self._last_log: dict[str, float] = {}
+        self._notices = Notices(log)
         self.counts: dict[str, int] = dict.fromkeys(
             ["redis_errors", "spilled", "moved_back", "taken_over", "buried_deliveries"], 0
         )
@@ -252,12 +252,9 @@ class RedisOutbox:
         stored = sum(1 for i in ids if i is not None)
         with self._lock:
             self.counts["spilled"] += stored
-        self._warn(
-            "spill",
-            "px_middleware: Redis unreachable; %d items kept in the local outbox until it is "
-            "back (%d so far)",
-            stored,
-            self.counts["spilled"],
+        self._notices.note(
+            "Redis unreachable; items kept in the local outbox until it is back", stored,
+            f"{self.counts['spilled']} so far",
         )
         return [None if i is None else -i for i in ids]  # negative: never a stream id
 
@@ -833,20 +830,7 @@ class RedisOutbox:
         self._resync = True
         self._groups_ready = False  # a restarted Redis without its AOF has no groups
         self._next_round = 0.0
-        self._warn(
-            "redis",
-            "px_middleware: Redis outbox error (%s); trying again in 1s (%d errors so far)",
-            exc,
-            self.counts["redis_errors"],
-        )
-
-    def _warn(self, topic: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last_log.get(topic, -LOG_EVERY) < LOG_EVERY:
-                return
-            self._last_log[topic] = now
-        log.warning(message, *args)
+        self._notices.note("Redis outbox error", 1, f"{exc}; trying again in 1s")
 
 
 def outbox_for(config: PXConfig, *, settle: float = 0.0) -> RedisOutbox:
