@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from px_middleware.core.injector import LIMIT, Injector
+from px_middleware.core.injector import LIMIT, Injector, KnownHeads
 from tests.html5_documents import MARKER, Generated, generate
 
 
@@ -194,3 +194,56 @@ def test_one_byte_chunks_scan_each_byte_a_bounded_number_of_times(name: str) -> 
     small = page[: 4096] if name != "long attribute" else page
     per_byte_small = _scanned(small, 1) / len(small)
     assert one_byte / len(page) <= 2 * per_byte_small + 40
+
+
+# -- known heads: a remembered decision is the decision the scanner would make ------------
+
+def _cold(data: bytes) -> tuple[bytes, bool | None, bool, str]:
+    out, injector = inject(data)
+    return out, injector.inserted, injector.document, injector.reason
+
+
+def _known(data: bytes, known: KnownHeads) -> tuple[bytes, bool | None, bool, str]:
+    injector = Injector(MARKER, known=known)
+    out = injector.feed(data) + injector.close()
+    return out, injector.inserted, injector.document, injector.reason
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rnd=st.randoms(use_true_random=False), data=st.data())
+def test_a_known_head_decides_every_body_that_starts_with_it_as_a_cold_scan_does(
+    rnd: random.Random, data: st.DataObject
+) -> None:
+    """Warm the cache on one document, then inject documents that share a prefix of
+    every length with it (the rest from another document): each must come out as the
+    plain injector makes it. Small windows, so the remembered prefixes are cut short
+    of the decision point as often as past it."""
+    first, second = generate(rnd), generate(rnd)
+    known = KnownHeads(window=data.draw(st.sampled_from([1, 3, 8, 64])))
+    assert _known(first.data, known) == _cold(first.data)
+    assert _known(first.data, known) == _cold(first.data)  # now from the cache
+    for cut in sorted(set(data.draw(st.lists(st.integers(0, len(first.data)), max_size=6)))):
+        mixed = first.data[:cut] + second.data[min(cut, len(second.data)) :]
+        assert _known(mixed, known) == _cold(mixed), (cut, mixed)
+
+
+def test_a_known_head_is_taken_without_scanning_and_a_changed_one_is_not() -> None:
+    head = b"<!doctype html><html><head><meta charset=utf-8><title>t</title>"
+    page = head + b"<link rel=stylesheet href=/a.css>" * 20 + b"</head><body>" + b"x" * 9000
+    known = KnownHeads()
+    first = Injector(MARKER, known=known)
+    assert first.feed(page) == _cold(page)[0] and first.scanned > len(head)
+    assert len(known.entries) == 1 and len(known.entries[0][0]) < 2048
+    again = Injector(MARKER, known=known)
+    assert again.feed(page[:-5] + b"other") == _cold(page[:-5] + b"other")[0]
+    assert again.scanned == len(known.entries[0][0])  # one comparison, no tokenizing
+    changed = page.replace(b"charset=utf-8>", b"charset=utf-8><meta charset=x>")
+    assert _known(changed, known) == _cold(changed)
+    assert len(known.entries) == 2
+
+
+def test_a_decision_forced_by_the_limit_or_the_end_is_not_remembered() -> None:
+    known = KnownHeads()
+    for page in (b"<!doctype html>" + b" " * LIMIT, b"<!doctype html><head><title>t</title>"):
+        assert _known(page, known) == _cold(page)
+    assert known.entries == ()

@@ -45,7 +45,7 @@ from px_middleware.core.events import (
     page_url,
     upsert_bodies,
 )
-from px_middleware.core.injector import Injector
+from px_middleware.core.injector import Injector, KnownHeads
 from px_middleware.core.model import Identity, PXValue, coerce
 from px_middleware.core.notices import REQUEST_NOTICES
 from px_middleware.core.policy import (
@@ -88,16 +88,18 @@ def _ignore(name: str, exc: Exception) -> None:
 
 
 class Snippets:
-    """Per middleware: rendered snippets and upsert digests by identity value.
+    """Per middleware: what repeats between requests, worked out once.
 
-    The same user's identify call (with its HMAC) does not change between requests,
-    so it is rendered once. Bounded, least recently used out first.
+    Rendered snippets and upsert digests by identity value (the same user's identify
+    call, with its HMAC, does not change between requests; bounded, least recently
+    used out first), and the injector's decisions on the heads it has read.
     """
 
     def __init__(self, size: int = 512) -> None:
         self._size = size
         self._snippets: dict[_Key, bytes] = {}
         self._digests: dict[_Key, str] = {}
+        self.heads = KnownHeads()
 
     def snippet(self, key: _Key, build: Callable[[], bytes]) -> bytes:
         return self._get(self._snippets, key, build)
@@ -252,12 +254,12 @@ class Exchange:
             snippet = self._prepare(identity, nonce, nonce_required, set_user, reset)
             if snippet is not None:
                 self._snippet = snippet
-                self.injector = Injector(snippet)
+                self.injector = Injector(snippet, known=self._heads())
                 return True
         if self._move is not None:
             if head.html and head.refusal is None and self._method != "HEAD":
                 # Document or fragment? The empty injector says, with the body unchanged.
-                self.injector = Injector(b"")
+                self.injector = Injector(b"", known=self._heads())
                 return True
             self._count(inserted=False)
         return False
@@ -509,12 +511,13 @@ class Exchange:
         if identity is not None and head.public is not None:
             self.skip(head.public)
             return None
-        page = f"{self._scheme}://{self._host}" if self._host else None
-        verdict = csp.check(self._headers, nonce, self._config.sdk_script_url, page)
-        if not verdict.allowed:
-            self.skip(verdict.reason)
-            return None
-        nonce = verdict.nonce
+        if head.csp:  # no policy header: nothing to block, and no nonce of its own
+            page = f"{self._scheme}://{self._host}" if self._host else None
+            verdict = csp.check(self._headers, nonce, self._config.sdk_script_url, page)
+            if not verdict.allowed:
+                self.skip(verdict.reason)
+                return None
+            nonce = verdict.nonce
         if nonce is None and nonce_required:
             self.skip("a CSP nonce is required but none was found (fail closed)")
             return None
@@ -532,6 +535,9 @@ class Exchange:
         except (TypeError, ValueError) as exc:
             self.skip(f"snippet not rendered: {exc}")
             return None
+
+    def _heads(self) -> KnownHeads | None:
+        return self._snippets.heads if self._snippets is not None else None
 
     def _identity_key(self) -> _Key:
         key = self._ikey

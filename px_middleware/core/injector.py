@@ -146,12 +146,53 @@ _COMMENT, _RAWTEXT, _SCRIPT_CONTENT, _PLAINTEXT_CONTENT = range(4)
 _NEED_MORE = -1
 
 
-class Injector:
-    """Insert ``snippet`` once into one HTML document streamed through ``feed``."""
+#: What a known head decides: inserted, the insertion point, a document, the reason.
+_Verdict = tuple[bool, int, bool, str]
 
-    def __init__(self, snippet: bytes, limit: int = LIMIT) -> None:
+
+class KnownHeads:
+    """Per middleware: decisions already made on the starts of bodies, by their bytes.
+
+    The scanner decides from the bytes it has read, so a body that starts with the same
+    bytes is decided the same way, and most apps send the same head with every page (a
+    template's): it is tokenized once. To learn which bytes a decision rests on, a first
+    chunk is read in growing windows (``window``, then twice that, ...), as though it
+    had arrived in chunks of those sizes, which gives the same output as any chunking;
+    the bytes up to the end of the deciding window are what is remembered. A head that
+    changes with every request (a nonce, a CSRF token) is read in full every time.
+    Bounded, newest first, and lock-free: a reader always sees a whole tuple.
+    """
+
+    def __init__(self, size: int = 16, window: int = 1024) -> None:
+        self.size = size
+        self.window = window
+        #: (the bytes a decision rests on, the decision), newest first.
+        self.entries: tuple[tuple[bytes, _Verdict], ...] = ()
+
+    def find(self, data: bytes) -> tuple[bytes, _Verdict] | None:
+        for entry in self.entries:
+            if data.startswith(entry[0]):
+                return entry
+        return None
+
+    def remember(self, prefix: bytes, verdict: _Verdict) -> None:
+        kept = tuple(entry for entry in self.entries if entry[0] != prefix)
+        self.entries = ((prefix, verdict), *kept[: self.size - 1])
+
+
+class Injector:
+    """Insert ``snippet`` once into one HTML document streamed through ``feed``.
+
+    With ``known`` (shared by the injectors of one middleware), a first chunk that
+    starts like a body already decided is decided without scanning it.
+    """
+
+    def __init__(
+        self, snippet: bytes, limit: int = LIMIT, known: KnownHeads | None = None
+    ) -> None:
         self._snippet = snippet
         self._limit = limit
+        self._known = known
         self._data: _Buffer = b""
         self._pos = 0
         self._mode = _INITIAL
@@ -177,6 +218,35 @@ class Injector:
     def feed(self, chunk: bytes) -> bytes:
         if self.decided:
             return chunk
+        if self._known is not None and not self._data and type(chunk) is bytes and chunk:
+            return self._feed_first(chunk, self._known)
+        self._take(chunk)
+        return self._release() if self.decided else b""
+
+    def _feed_first(self, chunk: bytes, known: KnownHeads) -> bytes:
+        """The first chunk, decided by a known head or read in windows (see KnownHeads)."""
+        entry = known.find(chunk)
+        if entry is not None:
+            prefix, (inserted, self._insert_at, self._document, self.reason) = entry
+            self.scanned += len(prefix)
+            self.inserted, self.decided, self._data = inserted, True, chunk
+            return self._release()
+        held, window = 0, known.window
+        while not self.decided and held < len(chunk):
+            end = min(held + window, len(chunk))
+            self._take(chunk[held:end])
+            held, window = end, window * 2
+        if not self.decided:
+            return b""
+        if held < self._limit:  # decided before the limit forced it: by these bytes only
+            assert self.inserted is not None
+            known.remember(chunk[:held], (self.inserted, self._insert_at, self._document,
+                                          self.reason))
+        self._data = chunk  # the windows held copies of its start: release the chunk itself
+        return self._release()
+
+    def _take(self, chunk: bytes) -> None:
+        """Hold ``chunk`` and scan on; ``decided`` says whether that settled it."""
         data = self._data
         if not data:
             # Most pages: one chunk, never copied (a caller's buffer is, never aliased).
@@ -191,14 +261,13 @@ class Injector:
             # nothing (a quoted ">") means: wait until the tag's data doubled, so a
             # long tag full of quoted ">" is re-read a logarithmic number of times.
             if len(data) < self._retry_at:
-                return b""
+                return
             if data.find(b">", self._wait_from) < 0:
                 self.scanned += len(data) - self._wait_from
                 self._wait_from = len(data)
-                return b""
-        if not self._scan(final) and not final:
-            return b""
-        return self._release()
+                return
+        if not self._scan(final) and final:
+            self._decide(None, f"no <head> or <body> in the first {self._limit} bytes")
 
     def close(self) -> bytes:
         """End of body: decide with what there is and return everything held."""
@@ -215,8 +284,6 @@ class Injector:
 
     # -- internals ------------------------------------------------------------------
     def _release(self) -> bytes:
-        if not self.decided:
-            self._decide(None, f"no <head> or <body> in the first {self._limit} bytes")
         data, self._data = self._data, b""
         if not self.inserted:
             return bytes(data)
