@@ -24,6 +24,7 @@ policies themselves list (the app's own scripts use that one).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
@@ -61,6 +62,7 @@ class _Url:
     path: str
 
     @classmethod
+    @functools.lru_cache(maxsize=64)  # the SDK's URL and the app's hosts: a few, repeated
     def parse(cls, url: str) -> _Url:
         parts = urlsplit(url)
         return cls(parts.scheme.lower(), (parts.hostname or "").lower(), parts.port,

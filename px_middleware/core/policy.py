@@ -69,7 +69,7 @@ def navigation_reason(header: HeaderGetter) -> str | None:
 class ResponseHead:
     """The facts about a response head that decisions need, read in one pass."""
 
-    __slots__ = ("media_type", "public", "refusal")
+    __slots__ = ("csp", "media_type", "public", "refusal")
 
     def __init__(self, headers: Iterable[tuple[str, str]]) -> None:
         content_type = None
@@ -77,6 +77,8 @@ class ResponseHead:
         self.refusal: str | None = None
         #: Why the response may land in a shared cache (None: it may not).
         self.public: str | None = None
+        #: A Content-Security-Policy(-Report-Only) header is there (most pages: none).
+        self.csp = False
         for name, value in headers:
             lower = name.lower()
             if lower == "content-type":
@@ -97,6 +99,8 @@ class ResponseHead:
                 "attachment"
             ):
                 self.refusal = self.refusal or "Content-Disposition: attachment"
+            elif lower.startswith("content-security-policy"):
+                self.csp = True
         self.media_type = media_type(content_type)
 
     @property
