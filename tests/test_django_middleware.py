@@ -8,10 +8,8 @@ chunk by chunk, ``FileResponse`` untouched, ``Content-Length`` recomputed, the h
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import io
-import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -416,9 +414,7 @@ def test_a_file_response_is_untouched() -> None:
 
 def test_the_session_cookie_is_one_of_the_response_cookies() -> None:
     def visitor_and_session(value: str) -> list[str]:
-        payload = value.split(".")[0]
-        data: list[str] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return data[:2]
+        return value.split(".")[1:3]  # layout.visitor.session.…
 
     # A cookie secret alone: sessions and their cookie, no delivery.
     with override_settings(PX_COOKIE_SECRET="test-cookie-secret"):

@@ -7,10 +7,8 @@ here once; the delivery layer serialises them off the request path.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import itertools
-import json
 import os
 import uuid
 from collections.abc import Callable, Mapping
@@ -208,8 +206,3 @@ def upsert_bodies(
         )
     return user, account_body
 
-
-def digest(user: Mapping[str, Any], account: Mapping[str, Any] | None) -> str:
-    """A short fingerprint of what was last upserted; stored in the session cookie."""
-    text = json.dumps([user, account], sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
