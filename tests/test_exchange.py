@@ -11,7 +11,7 @@ import pytest
 
 from px_middleware import Account, Identity, PXConfig, User
 from px_middleware.core.counters import Counters
-from px_middleware.core.exchange import Exchange
+from px_middleware.core.exchange import Exchange, Snippets
 
 KEY = "AP-TESTKEY12345-2"
 PAGE = b"<!doctype html><html><head><title>t</title></head><body>hi</body></html>"
@@ -167,6 +167,41 @@ def test_a_bad_attribute_is_dropped_and_counted_and_the_rest_is_sent() -> None:
     ]
     assert counters.snapshot()["attributes_dropped"] == 2
     assert counters.snapshot()["injected"] == 1
+
+
+def _shared_page(snippets: Snippets, identity: Identity) -> tuple[bytes, dict[str, int]]:
+    """One page through an exchange that shares its caches, as a middleware's do."""
+    counters = Counters()
+    exchange = Exchange(PXConfig(KEY), counters, method="GET", path="/page",
+                        header=lambda name: None, path_allowed=lambda path: True,
+                        snippets=snippets)
+    assert exchange.accepts(200, [HTML]) and exchange.begin(identity)
+    return serve(exchange, [PAGE]), counters.snapshot()
+
+
+def test_cached_attributes_report_their_bad_values_on_every_request() -> None:
+    snippets = Snippets()
+    for _ in range(3):  # the first coerces, the next two come from the cache
+        identity = Identity(User("u-1", custom={"big": float("inf"), "seats": 3}),
+                            Account("acme", custom={"founded": dt.date(2001, 2, 3)}))
+        body, counts = _shared_page(snippets, identity)
+        assert call_args(script_of(body), "identify") == [
+            {"id": "u-1", "seats": 3}, {"id": "acme", "founded": 981158400000}
+        ]
+        assert counts["attributes_dropped"] == 1
+
+
+@pytest.mark.parametrize("values", [(1, 1.0, True, Decimal("1")), ("1", 1, 1.5, Decimal("1.5"))])
+def test_cached_attributes_tell_equal_values_of_different_types_apart(
+    values: tuple[Any, ...]
+) -> None:
+    snippets = Snippets()
+    for _ in range(2):
+        for value in values:
+            expected = value if not isinstance(value, Decimal) else json.loads(str(value))
+            body, _ = _shared_page(snippets, Identity(User("u-1", custom={"n": value})))
+            (user,) = call_args(script_of(body), "identify")
+            assert user["n"] == expected and type(user["n"]) is type(expected)
 
 
 def test_set_user_values_are_coerced_and_bad_ones_dropped() -> None:

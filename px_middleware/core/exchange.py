@@ -46,7 +46,7 @@ from px_middleware.core.events import (
     upsert_bodies,
 )
 from px_middleware.core.injector import Injector, KnownHeads
-from px_middleware.core.model import Identity, PXValue, coerce
+from px_middleware.core.model import Account, Identity, PXValue, User, coerce
 from px_middleware.core.notices import REQUEST_NOTICES
 from px_middleware.core.policy import (
     ResponseHead,
@@ -99,7 +99,26 @@ class Snippets:
         self._size = size
         self._snippets: dict[_Key, bytes] = {}
         self._digests: dict[_Key, str] = {}
+        self._coerced: dict[_Key, _Coerced] = {}
         self.heads = KnownHeads()
+
+    def attributes(
+        self, subject: User | Account, on_error: Callable[[str, Exception], None]
+    ) -> tuple[dict[str, PXValue], _Key]:
+        """``subject.attributes(on_error)`` and its key, coerced once per distinct value.
+
+        The dict is shared between requests: read it, never change it. Errors are
+        remembered with it and reported again on every request, as coercing would.
+        """
+        try:
+            raw = subject.value_key()
+            coerced = self._get(self._coerced, raw, lambda: _coerce(subject))
+        except TypeError:  # an unhashable custom value: coerce it (it is refused there)
+            coerced = _coerce(subject)
+        attributes, key, errors = coerced
+        for name, exc in errors:
+            on_error(name, exc)
+        return attributes, key
 
     def snippet(self, key: _Key, build: Callable[[], bytes]) -> bytes:
         return self._get(self._snippets, key, build)
@@ -117,6 +136,16 @@ class Snippets:
                     cache.pop(next(iter(cache)), None)
         cache[key] = value  # (re)inserted last: the most recently used
         return value
+
+
+#: Coerced attributes, their key, and the errors coercing them reported.
+_Coerced = tuple[dict[str, PXValue], _Key, tuple[tuple[str, Exception], ...]]
+
+
+def _coerce(subject: User | Account) -> _Coerced:
+    errors: list[tuple[str, Exception]] = []
+    attributes = subject.attributes(lambda name, exc: errors.append((name, exc)))
+    return attributes, _key(attributes), tuple(errors)
 
 
 def _digest(key: _Key) -> str:
@@ -233,9 +262,19 @@ class Exchange:
         tracker = self._tracker
         if identity is not None:
             # Coerced once, for the snippet and the upsert: a bad value is counted once.
-            self._user = identity.user.attributes(self._attribute_error)
-            if identity.account is not None:
-                self._account = identity.account.attributes(self._attribute_error)
+            snippets = self._snippets
+            if snippets is None:
+                self._user = identity.user.attributes(self._attribute_error)
+                if identity.account is not None:
+                    self._account = identity.account.attributes(self._attribute_error)
+            else:
+                self._user, user_key = snippets.attributes(identity.user, self._attribute_error)
+                account_key: _Key = ()
+                if identity.account is not None:
+                    self._account, account_key = snippets.attributes(
+                        identity.account, self._attribute_error
+                    )
+                self._ikey = (user_key, account_key)
         if self.track_reason is None:
             assert tracker is not None
             previous = tracker.cookie.load(

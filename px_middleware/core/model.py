@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import enum
 import math
+import operator
 import sys
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -116,6 +117,16 @@ def _field_names(cls: type) -> tuple[tuple[str, str], ...]:
     return names
 
 
+_GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+
+
+def _getter(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    getter = _GETTERS.get(cls)
+    if getter is None:
+        getter = _GETTERS[cls] = operator.attrgetter("id", *(f for f, _ in _field_names(cls)))
+    return getter
+
+
 _DEFAULT_NAMES: dict[type, frozenset[str]] = {}
 
 
@@ -145,6 +156,15 @@ class _Subject:
     def default_names(cls) -> frozenset[str]:
         """The PX API names of the default (non-custom) attributes."""
         return _default_names(cls)
+
+    def value_key(self) -> tuple[Any, ...]:
+        """Its raw values as a hashable key, type-exact (``1``, ``1.0`` and ``True``
+        differ): equal keys coerce to equal attributes. Hashing it raises TypeError
+        when a custom value is unhashable."""
+        values = _getter(type(self))(self)
+        custom = tuple(self.custom.items())
+        return (type(self), values, tuple(map(type, values)), custom,
+                tuple(type(value) for _, value in custom))
 
     def attributes(
         self, on_error: Callable[[str, Exception], None] | None = None
