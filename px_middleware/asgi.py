@@ -41,9 +41,11 @@ from px_middleware.core.exchange import (
     Counters,
     Exchange,
     Snippets,
+    worth_a_look,
 )
 from px_middleware.core.model import as_identity
 from px_middleware.core.notices import REQUEST_NOTICES
+from px_middleware.core.policy import ResponseHead
 from px_middleware.core.scope import identity_from_scope, nonce_from_scope
 from px_middleware.delivery import get_delivery, tracker_for
 
@@ -51,6 +53,8 @@ log = logging.getLogger("px_middleware")
 
 IdentifyFn = Callable[[Request], Any]
 NonceFn = Callable[[Request], Any]
+#: What a request was when it came in: method, path, query, scheme, client address.
+_Facts = tuple[str, str, str, str, "str | None"]
 
 
 def _decode(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
@@ -138,39 +142,44 @@ class PXAsgiMiddleware:
             await self.app(scope, receive, send)
             return
         scope[SEEN_KEY] = True
+        client = scope.get("client")
+        # The request as it came in: a router may rewrite the scope on its way.
+        facts: _Facts = (
+            scope["method"], scope["path"], scope.get("query_string", b"").decode("latin-1"),
+            scope.get("scheme", "http"), client[0] if client else None,
+        )
+        tracker = self.tracker
+        started = tracker.clock() if tracker is not None else None
+        await self._respond(scope, receive, send, facts, started)
+
+    def _exchange(self, scope: Scope, facts: _Facts, started: float | None) -> Exchange | None:
+        """The exchange for a response that may matter, or None (pass it through)."""
         try:
             header = _header_getter(scope)
-            client = scope.get("client")
+            method, path, query, scheme, client = facts
             exchange = Exchange(
                 self.config,
                 self.counters,
-                method=scope["method"],
-                path=scope["path"],
+                method=method,
+                path=path,
                 header=header,
                 path_allowed=self._path_allowed,
-                query=scope.get("query_string", b"").decode("latin-1"),
-                scheme=scope.get("scheme", "http"),
+                query=query,
+                scheme=scheme,
                 host=header("host") or "",
-                client=client[0] if client else None,
+                client=client,
                 tracker=self.tracker,
                 snippets=self.snippets,
+                started=started,
             )
         except Exception:
             self._failed("reading the request")
-            await self.app(scope, receive, send)
-            return
+            return None
         if not exchange.active:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("px_middleware: not injected: %s", exchange.skip_reason)
-            await self.app(scope, receive, send)
-            return
-        try:
-            await self._respond(scope, receive, send, exchange)
-        finally:
-            try:
-                exchange.finish()
-            except Exception:
-                self._failed("recording the page view")
+            return None
+        return exchange
 
     def _lifespan_send(self, send: Send) -> Send:
         """Flush captured events when the server shuts the app down."""
@@ -184,8 +193,10 @@ class PXAsgiMiddleware:
         return lifespan_send
 
     async def _respond(
-        self, scope: Scope, receive: Receive, send: Send, exchange: Exchange
+        self, scope: Scope, receive: Receive, send: Send, facts: _Facts, started: float | None
     ) -> None:
+        # Built at response start, for a response that may matter (``worth_a_look``).
+        exchange: Exchange | None = None
         # While ``held_start`` is set we are holding the head and the raw body chunks
         # seen so far; once the injector has decided, everything is forwarded as is.
         held_start: Message | None = None
@@ -201,7 +212,7 @@ class PXAsgiMiddleware:
             start, held_start = held_start, None
             body = b"".join(held_body)
             held_body.clear()
-            assert start is not None
+            assert start is not None and exchange is not None
             if handed_over and exchange.changed:
                 start = {**start, "headers": _encode(exchange.headers())}
             await send(start)
@@ -209,26 +220,36 @@ class PXAsgiMiddleware:
                 await send({"type": "http.response.body", "body": body, "more_body": more_body})
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal held_start
+            nonlocal held_start, exchange
             if held_start is None:
-                if message["type"] != "http.response.start":
+                if message["type"] != "http.response.start" or exchange is not None:
                     await send(message)  # body after the decision, trailers, ...
                     return
+                injecting = False
                 try:
-                    injecting = await self._identify_and_begin(scope, exchange, message)
+                    headers = _decode(message.get("headers", []))
+                    head = ResponseHead(headers)
+                    status = message["status"]
+                    if worth_a_look(self.config, status, head, self.tracker is not None):
+                        exchange = self._exchange(scope, facts, started)
+                    if exchange is not None:
+                        injecting = await self._identify_and_begin(
+                            scope, exchange, status, headers, head
+                        )
                 except Exception:
                     self._failed("deciding at response start")
-                    injecting = False
                 if injecting:
                     held_start = message
                     return
                 try:
-                    if exchange.changed:  # not injected, but the session cookie goes out
+                    if exchange is not None and exchange.changed:
+                        # Not injected, but the session cookie goes out.
                         message = {**message, "headers": _encode(exchange.headers())}
                 except Exception:
                     self._failed("adding the session cookie")
                 await send(message)
                 return
+            assert exchange is not None  # the start is held only while injecting
             if message["type"] != "http.response.body":
                 # pathsend, zerocopysend, unknown: a body we cannot rewrite.
                 exchange.skip(f"{message['type']} message (forwarded as is)")
@@ -258,25 +279,33 @@ class PXAsgiMiddleware:
                 await send({**message, "body": out})
 
         try:
-            await self.app(scope, receive, send_wrapper)
-        except Exception:
-            # Without us the start and the body so far would already be on the wire,
-            # and the server's reaction (500 or a closed connection) depends on that.
-            if held_start is not None:
+            try:
+                await self.app(scope, receive, send_wrapper)
+            except Exception:
+                # Without us the start and the body so far would already be on the wire,
+                # and the server's reaction (500 or a closed connection) depends on that.
+                if held_start is not None:
+                    try:
+                        await release_original(more_body=True)
+                    except Exception:
+                        log.debug("px_middleware: could not flush before re-raising",
+                                  exc_info=True)
+                raise
+            if held_start is not None:  # the app returned mid-body: let the server see it
+                await release_original(more_body=True)
+        finally:
+            if exchange is not None:
                 try:
-                    await release_original(more_body=True)
+                    exchange.finish()
                 except Exception:
-                    log.debug("px_middleware: could not flush before re-raising", exc_info=True)
-            raise
-        if held_start is not None:  # the app returned mid-body: let the server see that
-            await release_original(more_body=True)
+                    self._failed("recording the page view")
 
     def _failed(self, where: str) -> None:
         self.counters.incr("errors")
         log.exception("px_middleware: error while %s; response passed through unchanged", where)
 
-    async def _identify_and_begin(self, scope: Scope, exchange: Exchange,
-                                  start: Message) -> bool:
+    async def _identify_and_begin(self, scope: Scope, exchange: Exchange, status: int,
+                                  headers: list[tuple[str, str]], head: ResponseHead) -> bool:
         """At response start: identify the visitor and begin the exchange.
 
         True: the body goes through the exchange (and the start waits for its decision).
@@ -284,8 +313,7 @@ class PXAsgiMiddleware:
         if scope.get(SKIP_KEY):
             exchange.leave("skipped by the app (px_middleware.skip)")
             return False
-        headers = _decode(start.get("headers", []))
-        if not exchange.accepts(start["status"], headers):
+        if not exchange.accepts(status, headers, head):
             return False
         # Only the app's own hooks need a Request; the scope lookups do not.
         request = Request(scope) if self.identify or self.csp_nonce else None

@@ -44,9 +44,11 @@ from px_middleware.core.exchange import (
     Counters,
     Exchange,
     Snippets,
+    worth_a_look,
 )
 from px_middleware.core.model import as_identity
 from px_middleware.core.notices import REQUEST_NOTICES
+from px_middleware.core.policy import ResponseHead
 from px_middleware.delivery import tracker_for
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ log = logging.getLogger("px_middleware")
 IdentifyFn = Callable[[Request], object]
 NonceFn = Callable[[Request], "str | None"]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+#: What a request was when it came in: method, path, query, scheme, client address.
+_Facts = tuple[str, str, str, str, "str | None"]
 
 
 class PXWsgiMiddleware:
@@ -102,38 +106,45 @@ class PXWsgiMiddleware:
         if environ.get(SEEN_KEY):
             return self.app(environ, start_response)
         environ[SEEN_KEY] = True
-        try:
-            header = _header_getter(environ)
-            exchange = Exchange(
-                self.config,
-                self.counters,
-                method=environ.get("REQUEST_METHOD", "GET"),
-                path=environ.get("PATH_INFO", ""),
-                header=header,
-                path_allowed=self._path_allowed,
-                query=environ.get("QUERY_STRING", ""),
-                scheme=environ.get("wsgi.url_scheme", "http"),
-                host=header("host") or environ.get("SERVER_NAME", ""),
-                client=environ.get("REMOTE_ADDR"),
-                tracker=self.tracker,
-                snippets=self.snippets,
-            )
-        except Exception:
-            self._failed("reading the request")
-            return self.app(environ, start_response)
-        if not exchange.active:
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("px_middleware: not injected: %s", exchange.skip_reason)
-            return self.app(environ, start_response)
-        response = _Response(self, environ, start_response, exchange)
+        response = _Response(self, environ, start_response)
         return response.wrap(self.app(environ, response.start_response))
 
     def _failed(self, where: str) -> None:
         self.counters.incr("errors")
         log.exception("px_middleware: error while %s; response passed through unchanged", where)
 
-    def _identify_and_begin(self, environ: WSGIEnvironment, exchange: Exchange, status: str,
-                            headers: list[tuple[str, str]]) -> bool:
+    def _exchange(self, environ: WSGIEnvironment, facts: _Facts, started: float | None,
+                  head: ResponseHead) -> Exchange | None:
+        """The exchange for a response that may matter, or None (pass it through)."""
+        try:
+            header = _header_getter(environ)
+            method, path, query, scheme, client = facts
+            exchange = Exchange(
+                self.config,
+                self.counters,
+                method=method,
+                path=path,
+                header=header,
+                path_allowed=self._path_allowed,
+                query=query,
+                scheme=scheme,
+                host=header("host") or environ.get("SERVER_NAME", ""),
+                client=client,
+                tracker=self.tracker,
+                snippets=self.snippets,
+                started=started,
+            )
+        except Exception:
+            self._failed("reading the request")
+            return None
+        if not exchange.active:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("px_middleware: not injected: %s", exchange.skip_reason)
+            return None
+        return exchange
+
+    def _identify_and_begin(self, environ: WSGIEnvironment, exchange: Exchange, status: int,
+                            headers: list[tuple[str, str]], head: ResponseHead) -> bool:
         """At response start: identify the visitor and begin the exchange.
 
         True: the body goes through the exchange (and the head waits for its decision).
@@ -141,7 +152,7 @@ class PXWsgiMiddleware:
         if environ.get(SKIP_KEY):
             exchange.leave("skipped by the app (px_middleware.skip)")
             return False
-        if not exchange.accepts(int(status.split(" ", 1)[0]), headers):
+        if not exchange.accepts(status, headers, head):
             return False
         # Shallow: the body belongs to the app; an identify that reads it must fail.
         request = Request(environ, shallow=True)
@@ -171,13 +182,11 @@ _ENVIRON_KEYS: dict[str, str] = {}
 
 
 def _environ_key(name: str) -> str:
-    key = _ENVIRON_KEYS.get(name)
-    if key is None:
-        key = name.upper().replace("-", "_")
-        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            key = "HTTP_" + key
-        if len(_ENVIRON_KEYS) < 256:  # the core asks for a fixed set of names
-            _ENVIRON_KEYS[name] = key
+    key = name.upper().replace("-", "_")
+    if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        key = "HTTP_" + key
+    if len(_ENVIRON_KEYS) < 256:  # the core asks for a fixed set of names
+        _ENVIRON_KEYS[name] = key
     return key
 
 
@@ -186,7 +195,7 @@ def _header_getter(environ: WSGIEnvironment) -> Callable[[str], str | None]:
     ``EnvironHeaders``, and it runs for every request."""
 
     def header(name: str) -> str | None:
-        value: str | None = environ.get(_environ_key(name))
+        value: str | None = environ.get(_ENVIRON_KEYS.get(name) or _environ_key(name))
         return value
 
     return header
@@ -196,11 +205,21 @@ class _Response:
     """State of one response going through the exchange; lives only for that request."""
 
     def __init__(self, middleware: PXWsgiMiddleware, environ: WSGIEnvironment,
-                 start_response: StartResponse, exchange: Exchange) -> None:
+                 start_response: StartResponse) -> None:
         self.middleware = middleware
         self.environ = environ
         self.upstream = start_response
-        self.exchange = exchange
+        # The request as it came in: an app may rewrite PATH_INFO in place on its way
+        # (werkzeug's DispatcherMiddleware does) before it starts the response.
+        self.facts: _Facts = (
+            environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", ""),
+            environ.get("QUERY_STRING", ""), environ.get("wsgi.url_scheme", "http"),
+            environ.get("REMOTE_ADDR"),
+        )
+        tracker = middleware.tracker
+        self.started = tracker.clock() if tracker is not None else None
+        #: Built at response start for a response that may matter (see ``worth_a_look``).
+        self.exchange: Exchange | None = None
         #: None until the app called start_response; then whether the body goes
         #: through the exchange (False once we hand it on as is).
         self.injecting: bool | None = None
@@ -225,22 +244,30 @@ class _Response:
             self.upstream_write = self.upstream(status, headers, exc_info)
             return self.upstream_write
         self.status, self.headers = status, headers
+        middleware = self.middleware
+        injecting = False
         try:
-            injecting = self.middleware._identify_and_begin(
-                self.environ, self.exchange, status, headers
-            )
+            head = ResponseHead(headers)
+            code = int(status.split(" ", 1)[0])
+            if worth_a_look(middleware.config, code, head, middleware.tracker is not None):
+                exchange = self.exchange = middleware._exchange(
+                    self.environ, self.facts, self.started, head
+                )
+                if exchange is not None:
+                    injecting = middleware._identify_and_begin(
+                        self.environ, exchange, code, headers, head
+                    )
         except Exception:
-            self.middleware._failed("deciding at response start")
-            injecting = False
+            middleware._failed("deciding at response start")
         self.injecting = injecting
         if injecting:
             return self.write  # the head waits for the decision
         self.head_sent = True
-        if self.exchange.changed:  # not injected, but the session cookie goes out
-            try:
+        if self.exchange is not None and self.exchange.changed:
+            try:  # not injected, but the session cookie goes out
                 headers = self.exchange.headers()
             except Exception:
-                self.middleware._failed("adding the session cookie")
+                middleware._failed("adding the session cookie")
         self.upstream_write = self.upstream(status, headers)
         return self.upstream_write
 
@@ -260,26 +287,34 @@ class _Response:
             self.finish()  # the page view, timed to the response start
             return app_iter
         if self.injecting is False:
-            if self.exchange.changed:  # a counted page view: finish() records it
-                return ClosingIterator(app_iter, self.finish)
+            if self.exchange is not None and self.exchange.changed:
+                return ClosingIterator(app_iter, self.finish)  # finish(): the page view
             return app_iter
         return _Body(self, app_iter)
 
     def finish(self) -> None:
         """The response is over: record its page view (never fails the response)."""
+        if self.exchange is None:
+            return
         try:
             self.exchange.finish()
         except Exception:
             self.middleware._failed("recording the page view")
 
     # -- body ---------------------------------------------------------------------
+    @property
+    def _current(self) -> Exchange:
+        """The exchange the body goes through: there is one whenever ``injecting``."""
+        assert self.exchange is not None
+        return self.exchange
+
     def feed(self, chunk: bytes) -> bytes | None:
         """What to send for one app chunk; ``None`` while the head is still held."""
         if self.head_sent:
             return chunk  # decided: the rest passes as is
         self.held.append(chunk)
-        exchange = self.exchange
         try:
+            exchange = self._current
             out = exchange.feed(chunk)
             if not exchange.decided:
                 return None  # hold (at most the injector's limit)
@@ -293,22 +328,22 @@ class _Response:
         if self.head_sent:
             return b""
         try:
-            return self._decided(self.exchange.close())
+            return self._decided(self._current.close())
         except Exception:
             self.middleware._failed("injecting")
             return self._give_up()
 
     def _decided(self, out: bytes) -> bytes:
         """The exchange has decided: its head goes out before ``out``."""
-        self._send_head(self.exchange.headers())
+        self._send_head(self._current.headers())
         self.held = []
         return out
 
     def _hand_over(self, reason: str) -> bytes:
         """The body goes on as is (``write()``, sendfile): the app's unsent bytes."""
         try:
-            self.exchange.skip(reason)
-            head = self.exchange.headers()
+            self._current.skip(reason)
+            head = self._current.headers()
         except Exception:
             self.middleware._failed("handing the body over")
             head = self.headers

@@ -4,12 +4,18 @@
 or not, which session move, which events and upserts, which cookie. Both drivers (and
 any other, such as Django's) drive it the same way, so they cannot drift apart:
 
+0. Optionally, at response start: ``worth_a_look(config, status, ResponseHead(headers),
+   tracking)`` False means pass through untouched, with no exchange at all (most
+   responses: JSON, assets). The drivers build the exchange only then, with the
+   request facts read when the request came in and ``started`` its time.
 1. ``Exchange(config, counters, method=..., path=..., header=..., path_allowed=...,
-   query=..., scheme=..., host=..., client=..., tracker=..., snippets=...)`` with the
-   request facts; ``tracker`` (``delivery.tracker_for``), ``snippets`` (``Snippets()``)
-   and ``counters`` are made once per middleware. ``active`` False: nothing to do,
-   pass the response through untouched (``skip_reason``/``track_reason`` say why).
-2. ``accepts(status, headers)`` at response start: False means pass through untouched.
+   query=..., scheme=..., host=..., client=..., tracker=..., snippets=...,
+   started=...)`` with the request facts; ``tracker`` (``delivery.tracker_for``),
+   ``snippets`` (``Snippets()``) and ``counters`` are made once per middleware.
+   ``active`` False: nothing to do, pass the response through untouched
+   (``skip_reason``/``track_reason`` say why).
+2. ``accepts(status, headers, head)`` at response start: False means pass through
+   untouched.
 3. ``begin(identity, nonce=..., nonce_required=..., set_user=...)`` once the driver
    knows who is on the page. True: the body goes through ``feed``/``close``; False:
    the decision is made, and the head is ``headers()``, the body the app's own.
@@ -60,7 +66,9 @@ from px_middleware.core.session import SessionState, Transition, advance, reset_
 from px_middleware.core.snippet import render
 from px_middleware.core.tracking import Tracker
 
-__all__ = ["SEEN_KEY", "SET_USER_KEY", "SKIP_KEY", "Counters", "Exchange", "Snippets"]
+__all__ = [
+    "SEEN_KEY", "SET_USER_KEY", "SKIP_KEY", "Counters", "Exchange", "Snippets", "worth_a_look",
+]
 
 log = logging.getLogger("px_middleware")
 
@@ -153,6 +161,15 @@ def _digest(key: _Key) -> str:
     return hashlib.sha256(repr(key).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+def worth_a_look(config: PXConfig, status: int, head: ResponseHead, tracking: bool) -> bool:
+    """Before an ``Exchange`` is built: can this response get the snippet or count as a
+    page view at all? Most responses (JSON, assets) cannot: a driver passes them
+    through without one, and no request check is made for them."""
+    if head.html:
+        return config.inject or tracking
+    return tracking and config.track_all_responses
+
+
 class Exchange:
     """Per-request state for one response; drivers keep one per request, in a local."""
 
@@ -179,6 +196,7 @@ class Exchange:
         client: str | None = None,
         tracker: Tracker | None = None,
         snippets: Snippets | None = None,
+        started: float | None = None,
     ) -> None:
         self._config = config
         self._counters = counters
@@ -219,7 +237,8 @@ class Exchange:
         #: are left until the response is known to qualify (most are not pages).
         self._track_checks = False
         if tracker is not None:
-            self._started = tracker.clock()
+            # When the request came in (``started``), if the driver built this later.
+            self._started = tracker.clock() if started is None else started
             if self.skip_reason is None:
                 self.track_reason, self._track_checks = None, True
             else:  # needed now: it decides whether this exchange is active at all
@@ -231,11 +250,15 @@ class Exchange:
         """False: nothing to do for this request, pass it through untouched."""
         return self.skip_reason is None or self.track_reason is None
 
-    def accepts(self, status: int, headers: list[tuple[str, str]]) -> bool:
-        """At response start: is there anything to do (inject or track)?"""
+    def accepts(self, status: int, headers: list[tuple[str, str]],
+                head: ResponseHead | None = None) -> bool:
+        """At response start: is there anything to do (inject or track)?
+
+        ``head``: ``ResponseHead(headers)``, when the driver has read it already.
+        """
         self._status = status
         self._headers = headers
-        head = self._head = ResponseHead(headers)
+        head = self._head = ResponseHead(headers) if head is None else head
         if self.skip_reason is None:
             reason = response_skip_reason(status, head, self._config.inject_statuses)
             if reason is not None:

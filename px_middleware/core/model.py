@@ -121,9 +121,10 @@ _GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
 
 
 def _getter(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    """Per class: the id and default fields out of an instance's ``__dict__`` at once."""
     getter = _GETTERS.get(cls)
     if getter is None:
-        getter = _GETTERS[cls] = operator.attrgetter("id", *(f for f, _ in _field_names(cls)))
+        getter = _GETTERS[cls] = operator.itemgetter("id", *(f for f, _ in _field_names(cls)))
     return getter
 
 
@@ -161,10 +162,10 @@ class _Subject:
         """Its raw values as a hashable key, type-exact (``1``, ``1.0`` and ``True``
         differ): equal keys coerce to equal attributes. Hashing it raises TypeError
         when a custom value is unhashable."""
-        values = _getter(type(self))(self)
-        custom = tuple(self.custom.items())
-        return (type(self), values, tuple(map(type, values)), custom,
-                tuple(type(value) for _, value in custom))
+        values = _getter(type(self))(self.__dict__)
+        custom = self.custom
+        return (type(self), values, tuple(map(type, values)), tuple(custom.items()),
+                tuple(map(type, custom.values())))
 
     def attributes(
         self, on_error: Callable[[str, Exception], None] | None = None
