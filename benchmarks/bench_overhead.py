@@ -13,7 +13,9 @@ process, in alternating rounds (every variant once per round), with medians:
 * ours, identified, events on (session cookie kept like a browser, session and
   page-view events, the upsert digest); ``capture`` is a bounded deque append, what
   delivery's ``capture`` does on the request path (sending is off the request path);
-* a JSON response that passes through untouched, events on.
+* a JSON response that passes through untouched, events on;
+* ours, events off, on a page whose head differs on every request (a CSRF token), so
+  the injector cannot take a known head's decision and reads it in full.
 
 Both WSGI and ASGI. Then the injector alone on a head streamed in 1-byte chunks, as
 cost per byte at 4 KB and at 64 KB (linear work: a ratio near 1). Prints, never asserts.
@@ -26,6 +28,7 @@ import asyncio
 import collections
 import hashlib
 import hmac
+import itertools
 import json
 import statistics
 import time
@@ -35,7 +38,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from px_middleware import Account, Identity, PXAsgiMiddleware, PXConfig, PXWsgiMiddleware, User
-from px_middleware.core.injector import Injector
+from px_middleware.core.injector import Injector, KnownHeads
 from px_middleware.core.tracking import Tracker
 
 KEY = "AP-BENCH0000001-2"
@@ -51,24 +54,33 @@ IDENTITY = Identity(
     User("u-42", email="ada@acme.test", first_name="Ada", custom={"seats": 5}),
     Account("acme", name="Acme", number_of_employees=50),
 )
+KNOWN = KnownHeads()
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/156.0 Safari/537.36"
 
 
 # -- the apps ---------------------------------------------------------------------------------
+_TOKENS = itertools.count()
+
+
+def _body(path: str) -> bytes:
+    if path == "/api":
+        return JSON_BODY
+    if path == "/fresh":  # a head that differs on every request (a CSRF token, a nonce)
+        return PAGE.replace(b"<title>", b'<meta name="csrf" content="%d"><title>'
+                            % next(_TOKENS), 1)
+    return PAGE
+
+
 def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    if environ["PATH_INFO"] == "/api":
-        start_response("200 OK", [("Content-Type", "application/json"),
-                                  ("Content-Length", str(len(JSON_BODY)))])
-        return [JSON_BODY]
-    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
-                              ("Content-Length", str(len(PAGE)))])
-    return [PAGE]
+    body = _body(environ["PATH_INFO"])
+    kind = "application/json" if body is JSON_BODY else "text/html; charset=utf-8"
+    start_response("200 OK", [("Content-Type", kind), ("Content-Length", str(len(body)))])
+    return [body]
 
 
 async def asgi_app(scope: Scope, receive: Receive, send: Send) -> None:
-    api = scope["path"] == "/api"
-    body = JSON_BODY if api else PAGE
-    kind = b"application/json" if api else b"text/html; charset=utf-8"
+    body = _body(scope["path"])
+    kind = b"application/json" if body is JSON_BODY else b"text/html; charset=utf-8"
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
@@ -149,6 +161,8 @@ def wsgi_variants() -> dict[str, tuple[Any, str]]:
         "floor": (floor_wsgi(wsgi_app), "/"),
         "ours, events off": (ours_off, "/"),
         "ours, events on": (ours_on, "/"),
+        "bare, fresh head": (wsgi_app, "/fresh"),
+        "ours, fresh head": (ours_off, "/fresh"),
         "bare JSON": (wsgi_app, "/api"),
         "ours JSON, events on": (ours_on, "/api"),
     }
@@ -172,6 +186,8 @@ def asgi_variants() -> dict[str, tuple[Any, str]]:
         "ours, events off": (ours_off, "/"),
         "ours, events on": (ours_on, "/"),
         "ours, sync identify": (ours_sync, "/"),
+        "bare, fresh head": (asgi_app, "/fresh"),
+        "ours, fresh head": (ours_off, "/fresh"),
         "bare JSON": (asgi_app, "/api"),
         "ours JSON, events on": (ours_on, "/api"),
     }
@@ -242,11 +258,11 @@ async def asgi_round(app: Any, path: str, requests: int) -> float:
     return (time.perf_counter_ns() - started) / requests / 1000
 
 
-def injector_round(requests: int) -> float:
+def injector_round(requests: int, known: KnownHeads | None) -> float:
     snippet = b'<script data-px-middleware="1">aptrinsic("identify",{});</script>'
     started = time.perf_counter_ns()
     for _ in range(requests):
-        injector = Injector(snippet)
+        injector = Injector(snippet, known=known)
         injector.feed(PAGE)
         injector.close()
     return (time.perf_counter_ns() - started) / requests / 1000
@@ -257,13 +273,15 @@ def measure(kind: str, rounds: int, requests: int) -> None:
 
     def one(app: Any, path: str, n: int) -> float:
         if app is None:
-            return injector_round(n)
+            return injector_round(n, KNOWN if path == "known" else None)
         if kind == "WSGI":
             return wsgi_round(app, path, n)
         return asyncio.run(asgi_round(app, path, n))
 
-    # Not a variant: our injector's scan of the page alone, to show its share.
-    variants["  of which injector scan"] = (None, "")
+    # Not variants: our injector alone on the page, to show its share, with the head
+    # known (as in the middleware after the first page) and read in full.
+    variants["  of which injector"] = (None, "known")
+    variants["  injector, head unknown"] = (None, "cold")
     for app, path in variants.values():  # warm-up: caches, first-use imports
         one(app, path, 200)
     timings: dict[str, list[float]] = {name: [] for name in variants}
@@ -276,8 +294,12 @@ def measure(kind: str, rounds: int, requests: int) -> None:
         bare, floor = timings["bare"][i], timings["floor"][i]
         unit = floor - bare
         for name in variants:
-            base = timings["bare JSON"][i] if "JSON" in name else bare
-            if name.endswith("injector scan"):
+            base = bare
+            if "JSON" in name:
+                base = timings["bare JSON"][i]
+            elif "fresh" in name:
+                base = timings["bare, fresh head"][i]
+            elif "injector" in name:
                 base = 0.0
             units[name].append((timings[name][i] - base) / unit if unit > 0 else float("nan"))
     print(f"{kind}: {rounds} alternating rounds x {requests} requests, medians "
@@ -286,7 +308,7 @@ def measure(kind: str, rounds: int, requests: int) -> None:
     for name in variants:
         us = statistics.median(timings[name])
         line = f"  {name:22} {us:8.2f} us/request"
-        if name not in ("bare", "bare JSON"):
+        if not name.startswith("bare"):
             ratio = statistics.median(units[name])
             spread = f"{min(units[name]):.2f}-{max(units[name]):.2f}"
             line += f"   overhead {ratio:6.2f} floor units (rounds {spread})"

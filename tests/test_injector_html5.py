@@ -233,17 +233,32 @@ def test_a_known_head_is_taken_without_scanning_and_a_changed_one_is_not() -> No
     known = KnownHeads()
     first = Injector(MARKER, known=known)
     assert first.feed(page) == _cold(page)[0] and first.scanned > len(head)
-    assert len(known.entries) == 1 and len(known.entries[0][0]) < 2048
+    assert len(known.new) == 1 and len(known.new[0][0]) < 2048
     again = Injector(MARKER, known=known)
     assert again.feed(page[:-5] + b"other") == _cold(page[:-5] + b"other")[0]
-    assert again.scanned == len(known.entries[0][0])  # one comparison, no tokenizing
+    assert again.scanned == len(known.seen[0][0])  # one comparison, no tokenizing
     changed = page.replace(b"charset=utf-8>", b"charset=utf-8><meta charset=x>")
     assert _known(changed, known) == _cold(changed)
-    assert len(known.entries) == 2
+    assert (len(known.seen), len(known.new)) == (1, 1)
+
+
+def test_heads_that_never_repeat_do_not_push_out_one_that_does() -> None:
+    known = KnownHeads(size=4)
+    page = b"<!doctype html><head><title>t</title></head><body>x"
+    for _ in range(2):
+        _known(page, known)
+    for token in range(20):  # a CSRF token in every head
+        fresh = page.replace(b"<title>", b"<meta name=csrf content=%d><title>" % token)
+        assert _known(fresh, known) == _cold(fresh)
+    assert [entry[0] for entry in known.seen] == [page[: len(known.seen[0][0])]]
+    assert len(known.new) == 4
+    injector = Injector(MARKER, known=known)
+    injector.feed(page)
+    assert injector.scanned == len(known.seen[0][0])
 
 
 def test_a_decision_forced_by_the_limit_or_the_end_is_not_remembered() -> None:
     known = KnownHeads()
     for page in (b"<!doctype html>" + b" " * LIMIT, b"<!doctype html><head><title>t</title>"):
         assert _known(page, known) == _cold(page)
-    assert known.entries == ()
+    assert known.seen == known.new == ()

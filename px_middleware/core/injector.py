@@ -148,6 +148,7 @@ _NEED_MORE = -1
 
 #: What a known head decides: inserted, the insertion point, a document, the reason.
 _Verdict = tuple[bool, int, bool, str]
+_Known = tuple[bytes, _Verdict]
 
 
 class KnownHeads:
@@ -159,25 +160,33 @@ class KnownHeads:
     chunk is read in growing windows (``window``, then twice that, ...), as though it
     had arrived in chunks of those sizes, which gives the same output as any chunking;
     the bytes up to the end of the deciding window are what is remembered. A head that
-    changes with every request (a nonce, a CSRF token) is read in full every time.
-    Bounded, newest first, and lock-free: a reader always sees a whole tuple.
+    changes with every request (a nonce, a CSRF token) is read in full every time, and
+    it cannot push out the heads that do repeat: a new head waits in ``new`` until a
+    second body starts with it, then moves to ``seen``. Each is bounded (``size``),
+    newest first, and lock-free: a reader always sees a whole tuple.
     """
 
-    def __init__(self, size: int = 16, window: int = 1024) -> None:
+    def __init__(self, size: int = 8, window: int = 1024) -> None:
         self.size = size
         self.window = window
-        #: (the bytes a decision rests on, the decision), newest first.
-        self.entries: tuple[tuple[bytes, _Verdict], ...] = ()
+        #: (the bytes a decision rests on, the decision), newest first: heads met again,
+        #: and heads met once.
+        self.seen: tuple[_Known, ...] = ()
+        self.new: tuple[_Known, ...] = ()
 
-    def find(self, data: bytes) -> tuple[bytes, _Verdict] | None:
-        for entry in self.entries:
+    def find(self, data: bytes) -> _Known | None:
+        for entry in self.seen:
             if data.startswith(entry[0]):
+                return entry
+        for entry in self.new:
+            if data.startswith(entry[0]):
+                self.new = tuple(other for other in self.new if other is not entry)
+                self.seen = (entry, *self.seen[: self.size - 1])
                 return entry
         return None
 
     def remember(self, prefix: bytes, verdict: _Verdict) -> None:
-        kept = tuple(entry for entry in self.entries if entry[0] != prefix)
-        self.entries = ((prefix, verdict), *kept[: self.size - 1])
+        self.new = ((prefix, verdict), *self.new[: self.size - 1])
 
 
 class Injector:
