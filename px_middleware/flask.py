@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, Response, current_app, g, has_app_context, has_request_context
 from flask import request as flask_request
@@ -38,6 +38,9 @@ from px_middleware.config import PXConfig
 from px_middleware.core.exchange import SET_USER_KEY, SKIP_KEY
 from px_middleware.core.model import Identity, User
 from px_middleware.wsgi import PXWsgiMiddleware
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
 
 __all__ = ["PX", "exempt", "px_exempt", "session_identify"]
 
@@ -91,7 +94,7 @@ class PX:
         settings = (
             config or self._config or PXConfig.from_mapping(app.config, environ=os.environ)
         )
-        middleware = PXWsgiMiddleware(
+        middleware = _FlaskMiddleware(
             app.wsgi_app,
             settings,
             identify=self._who,
@@ -155,6 +158,16 @@ class PX:
         if g.get("px_skip") or _view_is_exempt():
             flask_request.environ[SKIP_KEY] = True
         return response
+
+
+class _FlaskMiddleware(PXWsgiMiddleware):
+    """The hooks get the request Flask built already, while its context is live."""
+
+    def _request(self, environ: WSGIEnvironment) -> Request:
+        if has_request_context() and flask_request.environ is environ:
+            current: Request = flask_request._get_current_object()  # type: ignore[attr-defined]
+            return current
+        return super()._request(environ)
 
 
 def current_identity() -> User | None:

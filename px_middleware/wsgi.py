@@ -113,6 +113,10 @@ class PXWsgiMiddleware:
         self.counters.incr("errors")
         log.exception("px_middleware: error while %s; response passed through unchanged", where)
 
+    def _request(self, environ: WSGIEnvironment) -> Request:
+        """What the hooks get. Shallow: the body is the app's; reading it must fail."""
+        return Request(environ, shallow=True)
+
     def _exchange(self, environ: WSGIEnvironment, facts: _Facts, started: float | None,
                   head: ResponseHead) -> Exchange | None:
         """The exchange for a response that may matter, or None (pass it through)."""
@@ -154,8 +158,7 @@ class PXWsgiMiddleware:
             return False
         if not exchange.accepts(status, headers, head):
             return False
-        # Shallow: the body belongs to the app; an identify that reads it must fail.
-        request = Request(environ, shallow=True)
+        request = self._request(environ)
         try:
             identity = as_identity(self.identify(request)) if self.identify else None
         except Exception as exc:

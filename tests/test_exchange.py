@@ -12,6 +12,7 @@ import pytest
 from px_middleware import Account, Identity, PXConfig, User
 from px_middleware.core.counters import Counters
 from px_middleware.core.exchange import Exchange, Snippets
+from px_middleware.core.snippet import MARKER
 
 KEY = "AP-TESTKEY12345-2"
 PAGE = b"<!doctype html><html><head><title>t</title></head><body>hi</body></html>"
@@ -169,14 +170,25 @@ def test_a_bad_attribute_is_dropped_and_counted_and_the_rest_is_sent() -> None:
     assert counters.snapshot()["injected"] == 1
 
 
-def _shared_page(snippets: Snippets, identity: Identity) -> tuple[bytes, dict[str, int]]:
+def _shared_page(snippets: Snippets, identity: Identity,
+                 **begin: Any) -> tuple[bytes, dict[str, int]]:
     """One page through an exchange that shares its caches, as a middleware's do."""
     counters = Counters()
     exchange = Exchange(PXConfig(KEY), counters, method="GET", path="/page",
                         header=lambda name: None, path_allowed=lambda path: True,
                         snippets=snippets)
-    assert exchange.accepts(200, [HTML]) and exchange.begin(identity)
+    assert exchange.accepts(200, [HTML]) and exchange.begin(identity, **begin)
     return serve(exchange, [PAGE]), counters.snapshot()
+
+
+def test_each_request_gets_its_own_nonce_from_a_cached_snippet() -> None:
+    snippets = Snippets()
+    nonces = ("first+/=", "second_-", "third")
+    for nonce in nonces:
+        script = script_of(_shared_page(snippets, ADA, nonce=nonce)[0])
+        assert script.startswith(f'<script {MARKER} nonce="{nonce}">'.encode())
+        assert f'r.nonce="{nonce}";'.encode() in script
+        assert [other for other in nonces if other.encode() in script] == [nonce]
 
 
 def test_cached_attributes_report_their_bad_values_on_every_request() -> None:

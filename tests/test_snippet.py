@@ -22,7 +22,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from px_middleware import Account, Identity, PXConfig, User
-from px_middleware.core.snippet import MARKER, identify_call, js_value, render, valid_nonce
+from px_middleware.core.snippet import (
+    MARKER,
+    NONCE_SLOT,
+    identify_call,
+    js_value,
+    render,
+    valid_nonce,
+    with_nonce,
+)
 
 KEY = "AP-TESTKEY12345-2"
 SECRET = "tenant-secret"
@@ -352,3 +360,17 @@ def test_the_nonce_on_the_sdk_element_keeps_the_script_ascii_and_xhtml_safe(nonc
     for forbidden in (b"<", b">", b"&", b"'"):
         assert forbidden not in body
     assert f'r.nonce="{nonce}";'.encode() in body
+
+
+@given(nonce=st.from_regex(r"[A-Za-z0-9+/_=-]{1,256}", fullmatch=True), reset=st.booleans())
+def test_a_snippet_rendered_with_the_nonce_slot_takes_any_nonce_as_if_rendered_with_it(
+    nonce: str, reset: bool
+) -> None:
+    identity = Identity(User("u-1", email="ada@acme.test"), Account("acme", name="Acme"))
+    cached = render(config(), identity, nonce=NONCE_SLOT, reset=reset)
+    assert with_nonce(cached, nonce) == render(config(), identity, nonce=nonce, reset=reset)
+
+
+def test_a_bad_nonce_is_refused_by_the_slot_too() -> None:
+    with pytest.raises(ValueError, match="nonce"):
+        with_nonce(render(config(), nonce=NONCE_SLOT), 'x" onload="alert(1)')

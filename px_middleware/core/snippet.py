@@ -12,6 +12,7 @@ import functools
 import html
 import json
 import re
+import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,11 @@ MARKER = 'data-px-middleware="1"'
 LOADER_SIGNATURE = b"aptrinsic"
 
 _NONCE = re.compile(r"[A-Za-z0-9+/_=-]{1,256}")
+#: Rendered where the nonce goes, so a snippet is cached once for every nonce; random
+#: per process (128 bits), so no attribute of a page can hold it. A valid nonce needs
+#: no escaping in JSON or in an HTML attribute, so swapping it in is rendering it.
+NONCE_SLOT = secrets.token_hex(16)
+_SLOT = NONCE_SLOT.encode("ascii")
 
 # Split where the loader may set the nonce on the SDK <script> it creates: under a
 # nonce-only CSP that element needs the page's nonce as much as the inline script does.
@@ -64,6 +70,11 @@ def valid_nonce(nonce: str) -> str:
     if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
         raise ValueError("CSP nonce must be 1-256 base64 characters")
     return nonce
+
+
+def with_nonce(snippet: bytes, nonce: str) -> bytes:
+    """A snippet rendered with ``nonce=NONCE_SLOT``, for ``nonce``."""
+    return snippet.replace(_SLOT, valid_nonce(nonce).encode("ascii"))
 
 
 def identify_call(
