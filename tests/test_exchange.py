@@ -191,6 +191,17 @@ def test_each_request_gets_its_own_nonce_from_a_cached_snippet() -> None:
         assert [other for other in nonces if other.encode() in script] == [nonce]
 
 
+def test_set_user_values_change_per_request_under_a_cached_identify() -> None:
+    snippets = Snippets()
+    for visit in range(3):
+        script = script_of(_shared_page(snippets, ADA, set_user={"visit": visit})[0])
+        assert call_args(script, "set") == ["user", {"visit": visit}]
+        assert call_args(script, "identify")[0]["id"] == "u-1"
+        assert script.index(b'"identify"') < script.index(b'"set"')
+    assert call_args(script_of(_shared_page(snippets, ADA)[0]), "identify")[0]["id"] == "u-1"
+    assert b'"set"' not in _shared_page(snippets, ADA)[0]
+
+
 def test_cached_attributes_report_their_bad_values_on_every_request() -> None:
     snippets = Snippets()
     for _ in range(3):  # the first coerces, the next two come from the cache

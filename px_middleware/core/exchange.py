@@ -63,7 +63,7 @@ from px_middleware.core.policy import (
 )
 from px_middleware.core.request import HeaderGetter, cookie_value
 from px_middleware.core.session import SessionState, Transition, advance, reset_shown
-from px_middleware.core.snippet import NONCE_SLOT, render, with_nonce
+from px_middleware.core.snippet import NONCE_SLOT, render, with_nonce, with_set_user
 from px_middleware.core.tracking import Tracker
 
 __all__ = [
@@ -586,18 +586,22 @@ class Exchange:
         values = self._set_user_values(set_user) if identity is not None else None
 
         def build(nonce: str | None) -> bytes:
-            return render(self._config, identity, nonce=nonce, set_user=values, reset=reset,
+            return render(self._config, identity, nonce=nonce, reset=reset,
                           on_attribute_error=_ignore)
 
         try:
             if self._snippets is None:
-                return build(nonce)
-            # A nonce is per request: the snippet is cached with a slot for it.
-            key = (None if identity is None else self._identity_key(), _key(values), reset,
-                   nonce is not None)
-            slot = None if nonce is None else NONCE_SLOT
-            snippet = self._snippets.snippet(key, lambda: build(slot))
-            return snippet if nonce is None else with_nonce(snippet, nonce)
+                snippet = build(nonce)
+            else:
+                # Cached per identity; a nonce is per request, so it has a slot, and the
+                # set_user values (often a time) are added after.
+                key = (None if identity is None else self._identity_key(), reset,
+                       nonce is not None)
+                slot = None if nonce is None else NONCE_SLOT
+                snippet = self._snippets.snippet(key, lambda: build(slot))
+                if nonce is not None:
+                    snippet = with_nonce(snippet, nonce)
+            return with_set_user(snippet, values) if values else snippet
         except (TypeError, ValueError) as exc:
             self.skip(f"snippet not rendered: {exc}")
             return None

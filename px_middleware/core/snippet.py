@@ -24,6 +24,7 @@ from px_middleware.core.signing import user_hash
 MARKER = 'data-px-middleware="1"'
 #: Any PX loader (ours or hand-pasted) mentions this; the injector skips such pages.
 LOADER_SIGNATURE = b"aptrinsic"
+_CLOSE = b"</script>"
 
 _NONCE = re.compile(r"[A-Za-z0-9+/_=-]{1,256}")
 #: Rendered where the nonce goes, so a snippet is cached once for every nonce; random
@@ -125,8 +126,13 @@ def render(
         parts.append('aptrinsic("reset");')
     if identity is not None:
         parts.append(identify_call(config, identity, on_attribute_error))
-        if set_user:
-            parts.append(f'aptrinsic("set","user",{js_value(dict(set_user))});')
     nonce_attr = "" if nonce is None else f' nonce="{html.escape(nonce)}"'
-    script = f"<script {MARKER}{nonce_attr}>{''.join(parts)}</script>"
-    return script.encode("ascii")
+    script = f"<script {MARKER}{nonce_attr}>{''.join(parts)}</script>".encode("ascii")
+    return with_set_user(script, set_user) if identity is not None and set_user else script
+
+
+def with_set_user(snippet: bytes, values: Mapping[str, PXValue]) -> bytes:
+    """``snippet`` with ``aptrinsic("set","user",values)`` last: page-specific values
+    (a visit time) stay out of the cached part."""
+    call = f'aptrinsic("set","user",{js_value(dict(values))});'.encode("ascii")
+    return b"".join((snippet[: -len(_CLOSE)], call, _CLOSE))
