@@ -14,9 +14,10 @@ px = PX()
 @px.identify
 def who() -> Identity | None:
     """Called once per HTML page, when the response starts."""
-    if not current_user.is_authenticated:
+    user = current_user._get_current_object()  # the user once, not a proxy per field
+    if not user.is_authenticated:
         return None
-    return identity_of(current_user)
+    return identity_of(user)
 
 
 def identity_of(user: AppUser) -> Identity:
