@@ -230,7 +230,7 @@ class PXAsgiMiddleware:
                     headers = _decode(message.get("headers", []))
                     head = ResponseHead(headers)
                     status = message["status"]
-                    if worth_a_look(self.config, status, head, self.tracker is not None):
+                    if worth_a_look(self.config, head, self.tracker is not None):
                         exchange = self._exchange(scope, facts, started)
                     if exchange is not None:
                         injecting = await self._identify_and_begin(

@@ -117,8 +117,8 @@ class PXWsgiMiddleware:
         """What the hooks get. Shallow: the body is the app's; reading it must fail."""
         return Request(environ, shallow=True)
 
-    def _exchange(self, environ: WSGIEnvironment, facts: _Facts, started: float | None,
-                  head: ResponseHead) -> Exchange | None:
+    def _exchange(self, environ: WSGIEnvironment, facts: _Facts,
+                  started: float | None) -> Exchange | None:
         """The exchange for a response that may matter, or None (pass it through)."""
         try:
             header = _header_getter(environ)
@@ -252,9 +252,9 @@ class _Response:
         try:
             head = ResponseHead(headers)
             code = int(status.split(" ", 1)[0])
-            if worth_a_look(middleware.config, code, head, middleware.tracker is not None):
+            if worth_a_look(middleware.config, head, middleware.tracker is not None):
                 exchange = self.exchange = middleware._exchange(
-                    self.environ, self.facts, self.started, head
+                    self.environ, self.facts, self.started
                 )
                 if exchange is not None:
                     injecting = middleware._identify_and_begin(

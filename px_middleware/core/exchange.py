@@ -4,7 +4,7 @@
 or not, which session move, which events and upserts, which cookie. Both drivers (and
 any other, such as Django's) drive it the same way, so they cannot drift apart:
 
-0. Optionally, at response start: ``worth_a_look(config, status, ResponseHead(headers),
+0. Optionally, at response start: ``worth_a_look(config, ResponseHead(headers),
    tracking)`` False means pass through untouched, with no exchange at all (most
    responses: JSON, assets). The drivers build the exchange only then, with the
    request facts read when the request came in and ``started`` its time.
@@ -161,7 +161,7 @@ def _digest(key: _Key) -> str:
     return hashlib.sha256(repr(key).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def worth_a_look(config: PXConfig, status: int, head: ResponseHead, tracking: bool) -> bool:
+def worth_a_look(config: PXConfig, head: ResponseHead, tracking: bool) -> bool:
     """Before an ``Exchange`` is built: can this response get the snippet or count as a
     page view at all? Most responses (JSON, assets) cannot: a driver passes them
     through without one, and no request check is made for them."""
