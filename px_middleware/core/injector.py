@@ -235,7 +235,7 @@ class Injector:
     def _feed_first(self, chunk: bytes, known: KnownHeads) -> bytes:
         """The first chunk, decided by a known head or read in windows (see KnownHeads)."""
         entry = known.find(chunk)
-        if entry is not None:
+        if entry is not None and len(entry[0]) <= self._limit:  # decided within our limit
             prefix, (inserted, self._insert_at, self._document, self.reason) = entry
             self.scanned += len(prefix)
             self.inserted, self.decided, self._data = inserted, True, chunk
