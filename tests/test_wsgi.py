@@ -626,3 +626,30 @@ def test_async_identify_is_refused_at_construction() -> None:
 
     with pytest.raises(TypeError, match="async"):
         PXWsgiMiddleware(page_app()[0], CONFIG, identify=identify)
+
+
+def test_the_page_view_and_path_rules_see_the_path_the_request_came_in_with() -> None:
+    """werkzeug's DispatcherMiddleware rewrites PATH_INFO in place before the mounted
+    app starts its response: the page URL and exclude_paths must use the full path."""
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from px_middleware.core.tracking import Tracker
+
+    config = dataclasses.replace(CONFIG, api_key="k", api_url="http://127.0.0.1:9/v1",
+                                 exclude_paths=("/admin/*",))
+    inner, _ = page_app()
+    middleware = PXWsgiMiddleware(DispatcherMiddleware(page_app()[0], {"/admin": inner,
+                                                                       "/shop": inner}),
+                                  config, identify=lambda request: ADA)
+    sent: list[dict[str, Any]] = []
+    middleware.tracker = Tracker(config, middleware.counters,
+                                 lambda kind, body: sent.append(body) or True)
+    browser = {"HTTP_SEC_FETCH_DEST": "document", "HTTP_SEC_FETCH_MODE": "navigate"}
+    shop = serve(middleware, "/shop/cart", environ=browser)
+    assert len(snippets(shop.body)) == 1
+    assert [e["url"] for e in sent if e.get("eventName") == "page_view"] == [
+        "http://localhost/shop/cart"
+    ]
+    sent.clear()
+    admin = serve(middleware, "/admin/users", environ=browser)
+    assert snippets(admin.body) == [] and sent == []
