@@ -642,8 +642,12 @@ def test_the_page_view_and_path_rules_see_the_path_the_request_came_in_with() ->
                                                                        "/shop": inner}),
                                   config, identify=lambda request: ADA)
     sent: list[dict[str, Any]] = []
-    middleware.tracker = Tracker(config, middleware.counters,
-                                 lambda kind, body: sent.append(body) or True)
+
+    def capture(kind: str, body: dict[str, Any]) -> bool:
+        sent.append(body)
+        return True
+
+    middleware.tracker = Tracker(config, middleware.counters, capture)
     browser = {"HTTP_SEC_FETCH_DEST": "document", "HTTP_SEC_FETCH_MODE": "navigate"}
     shop = serve(middleware, "/shop/cart", environ=browser)
     assert len(snippets(shop.body)) == 1
