@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Flask, Response, current_app, g, has_app_context, has_request_context
+from flask import Flask, current_app, g, has_app_context, has_request_context
 from flask import request as flask_request
 from flask import session as flask_session
 from flask.sessions import SecureCookieSessionInterface
@@ -103,7 +103,6 @@ class PX:
             nonce_required=False,
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
-        app.after_request(self._mark_skip)
         app.extensions["px"] = self
         self._middlewares[app] = middleware
 
@@ -153,15 +152,16 @@ class PX:
             return self._identify()
         return current_identity()
 
-    def _mark_skip(self, response: Response) -> Response:
-        # after_request runs before the middleware sees the response start.
-        if g.get("px_skip") or _view_is_exempt():
-            flask_request.environ[SKIP_KEY] = True
-        return response
 
 
 class _FlaskMiddleware(PXWsgiMiddleware):
-    """The hooks get the request Flask built already, while its context is live."""
+    """Reads Flask's context at response start, while it is live: ``g.px_skip`` and
+    ``@exempt`` views, and the request Flask built already, for the hooks."""
+
+    def _skipped(self, environ: WSGIEnvironment) -> bool:
+        if super()._skipped(environ):
+            return True
+        return has_request_context() and bool(g.get("px_skip") or _view_is_exempt())
 
     def _request(self, environ: WSGIEnvironment) -> Request:
         if has_request_context() and flask_request.environ is environ:

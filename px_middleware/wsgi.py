@@ -113,6 +113,10 @@ class PXWsgiMiddleware:
         self.counters.incr("errors")
         log.exception("px_middleware: error while %s; response passed through unchanged", where)
 
+    def _skipped(self, environ: WSGIEnvironment) -> bool:
+        """The app said: no PX on this response (``environ["px_middleware.skip"]``)."""
+        return bool(environ.get(SKIP_KEY))
+
     def _request(self, environ: WSGIEnvironment) -> Request:
         """What the hooks get. Shallow: the body is the app's; reading it must fail."""
         return Request(environ, shallow=True)
@@ -153,7 +157,7 @@ class PXWsgiMiddleware:
 
         True: the body goes through the exchange (and the head waits for its decision).
         """
-        if environ.get(SKIP_KEY):
+        if self._skipped(environ):
             exchange.leave("skipped by the app (px_middleware.skip)")
             return False
         if not exchange.accepts(status, headers, head):
