@@ -41,7 +41,7 @@ from px_middleware.core.exchange import (
     Counters,
     Exchange,
     Snippets,
-    worth_a_look,
+    pass_through_reason,
 )
 from px_middleware.core.model import as_identity
 from px_middleware.core.notices import REQUEST_NOTICES
@@ -195,7 +195,7 @@ class PXAsgiMiddleware:
     async def _respond(
         self, scope: Scope, receive: Receive, send: Send, facts: _Facts, started: float | None
     ) -> None:
-        # Built at response start, for a response that may matter (``worth_a_look``).
+        # Built at response start, for a response that may matter (``pass_through_reason``).
         exchange: Exchange | None = None
         # While ``held_start`` is set we are holding the head and the raw body chunks
         # seen so far; once the injector has decided, everything is forwarded as is.
@@ -230,8 +230,11 @@ class PXAsgiMiddleware:
                     headers = _decode(message.get("headers", []))
                     head = ResponseHead(headers)
                     status = message["status"]
-                    if worth_a_look(self.config, head, self.tracker is not None):
+                    reason = pass_through_reason(self.config, head, self.tracker is not None)
+                    if reason is None:
                         exchange = self._exchange(scope, facts, started)
+                    elif log.isEnabledFor(logging.DEBUG):
+                        log.debug("px_middleware: not injected: %s", reason)
                     if exchange is not None:
                         injecting = await self._identify_and_begin(
                             scope, exchange, status, headers, head

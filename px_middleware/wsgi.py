@@ -44,7 +44,7 @@ from px_middleware.core.exchange import (
     Counters,
     Exchange,
     Snippets,
-    worth_a_look,
+    pass_through_reason,
 )
 from px_middleware.core.model import as_identity
 from px_middleware.core.notices import REQUEST_NOTICES
@@ -225,7 +225,7 @@ class _Response:
         )
         tracker = middleware.tracker
         self.started = tracker.clock() if tracker is not None else None
-        #: Built at response start for a response that may matter (see ``worth_a_look``).
+        #: Built at response start for a response that may matter (``pass_through_reason``).
         self.exchange: Exchange | None = None
         #: None until the app called start_response; then whether the body goes
         #: through the exchange (False once we hand it on as is).
@@ -256,7 +256,8 @@ class _Response:
         try:
             head = ResponseHead(headers)
             code = int(status.split(" ", 1)[0])
-            if worth_a_look(middleware.config, head, middleware.tracker is not None):
+            reason = pass_through_reason(middleware.config, head, middleware.tracker is not None)
+            if reason is None:
                 exchange = self.exchange = middleware._exchange(
                     self.environ, self.facts, self.started
                 )
@@ -264,6 +265,8 @@ class _Response:
                     injecting = middleware._identify_and_begin(
                         self.environ, exchange, code, headers, head
                     )
+            elif log.isEnabledFor(logging.DEBUG):
+                log.debug("px_middleware: not injected: %s", reason)
         except Exception:
             middleware._failed("deciding at response start")
         self.injecting = injecting

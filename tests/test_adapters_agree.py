@@ -227,3 +227,27 @@ def test_both_adapters_agree(case: Case) -> None:
 def test_the_table_exercises_both_outcomes() -> None:
     injected = [name for name, case in CASES.items() if case.insert_at is not None]
     assert len(injected) >= 4 and len(CASES) - len(injected) >= 10
+
+
+@pytest.mark.parametrize("run", [run_wsgi, run_asgi])
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        (Case(headers=(("Content-Type", "application/json"),), chunks=(b"{}",)),
+         "media type 'application/json' is not HTML"),
+        (Case(headers=(), chunks=(b"x",)), "media type 'missing' is not HTML"),
+        (Case(status=404), "status 404"),
+        (Case(method="POST"), "method POST"),
+    ],
+)
+def test_every_response_left_alone_says_why_in_the_debug_log(
+    run: Any, case: Case, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The troubleshooting section's promise: turn on the debug log, and a response
+    that passed through untouched names its reason, whichever path it took."""
+    with caplog.at_level("DEBUG", logger="px_middleware"):
+        run(case, True)
+    assert f"px_middleware: not injected: {reason}" in [
+        r.getMessage()[: len("px_middleware: not injected: ") + len(reason)]
+        for r in caplog.records
+    ]

@@ -4,8 +4,8 @@
 or not, which session move, which events and upserts, which cookie. Both drivers (and
 any other, such as Django's) drive it the same way, so they cannot drift apart:
 
-0. Optionally, at response start: ``worth_a_look(config, ResponseHead(headers),
-   tracking)`` False means pass through untouched, with no exchange at all (most
+0. Optionally, at response start: ``pass_through_reason(config, ResponseHead(headers),
+   tracking)`` not None means pass through untouched, with no exchange at all (most
    responses: JSON, assets). The drivers build the exchange only then, with the
    request facts read when the request came in and ``started`` its time.
 1. ``Exchange(config, counters, method=..., path=..., header=..., path_allowed=...,
@@ -67,7 +67,8 @@ from px_middleware.core.snippet import NONCE_SLOT, render, with_nonce, with_set_
 from px_middleware.core.tracking import Tracker
 
 __all__ = [
-    "SEEN_KEY", "SET_USER_KEY", "SKIP_KEY", "Counters", "Exchange", "Snippets", "worth_a_look",
+    "SEEN_KEY", "SET_USER_KEY", "SKIP_KEY", "Counters", "Exchange", "Snippets",
+    "pass_through_reason",
 ]
 
 log = logging.getLogger("px_middleware")
@@ -161,13 +162,16 @@ def _digest(key: _Key) -> str:
     return hashlib.sha256(repr(key).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def worth_a_look(config: PXConfig, head: ResponseHead, tracking: bool) -> bool:
-    """Before an ``Exchange`` is built: can this response get the snippet or count as a
-    page view at all? Most responses (JSON, assets) cannot: a driver passes them
-    through without one, and no request check is made for them."""
+def pass_through_reason(config: PXConfig, head: ResponseHead, tracking: bool) -> str | None:
+    """Before an ``Exchange`` is built: why this response can neither get the snippet
+    nor count as a page view, whatever the request (None: it may). Most responses
+    (JSON, assets) cannot: a driver passes them through without an exchange, and no
+    request check is made for them."""
     if head.html:
-        return config.inject or tracking
-    return tracking and config.track_all_responses
+        return None if config.inject or tracking else "injection disabled (inject=False)"
+    if tracking and config.track_all_responses:
+        return None
+    return f"media type {head.media_type or 'missing'!r} is not HTML"
 
 
 class Exchange:
