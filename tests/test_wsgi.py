@@ -635,8 +635,9 @@ def test_the_page_view_and_path_rules_see_the_path_the_request_came_in_with() ->
 
     from px_middleware.core.tracking import Tracker
 
-    config = dataclasses.replace(CONFIG, api_key="k", api_url="http://127.0.0.1:9/v1",
-                                 exclude_paths=("/admin/*",))
+    # An API key of its own: the delivery registry is per process, keyed by it.
+    config = dataclasses.replace(CONFIG, api_key="dispatcher-test",
+                                 api_url="http://127.0.0.1:9/v1", exclude_paths=("/admin/*",))
     inner, _ = page_app()
     middleware = PXWsgiMiddleware(DispatcherMiddleware(page_app()[0], {"/admin": inner,
                                                                        "/shop": inner}),
