@@ -5,6 +5,8 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -330,6 +332,117 @@ def test_sqlite_outbox_concurrent_claimers_never_share(tmp_path: Path) -> None:
     flat = [i for ids in seen for i in ids]
     assert sorted(flat) == list(range(1, 601))
     assert boxes[0].size() == 0
+
+
+# -- SQLite outbox across fork() (gunicorn --preload) -----------------------------------------
+def _in_child(work: Callable[[], None]) -> int:
+    """Fork; the child runs ``work`` and exits 0, 2 if it raised, or dies of SIGALRM if
+    it hangs (a healthy child takes milliseconds). The parent gets the pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 2
+        try:
+            signal.alarm(30)
+            work()
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _exit_code(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_sqlite_outbox_forked_while_a_thread_opens_it(tmp_path: Path) -> None:
+    """A --preload master opens the outbox on a thread (drain on start) while its main
+    thread forks the workers. A child forked while that thread was inside SQLite
+    inherited SQLite's mutexes and lock bookkeeping mid-change: its first SQLite call
+    hung for good, or every write failed with "database is locked"."""
+    path = str(tmp_path / "o.sqlite3")
+    master = SQLiteOutbox(path)  # open across every fork below, as in the master
+    stop = threading.Event()
+
+    def churn() -> None:  # opens and uses a handle again and again, as at start
+        while not stop.is_set():
+            box = SQLiteOutbox(path)
+            box.claim(10)
+            box.close()
+
+    def child_work() -> None:
+        child = master.fork()
+        assert child.put_many(entries(1)) != [None]
+        child.close()
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    codes: list[int] = []
+    try:
+        while len(codes) < 40 and not any(codes):
+            codes.append(_exit_code(_in_child(child_work)))
+    finally:
+        stop.set()
+        thread.join()
+    assert codes == [0] * 40  # -14: hung (SIGALRM), 2: raised
+    assert master.size() == 40
+    master.close()
+
+
+def test_sqlite_outbox_writes_of_a_forked_child_outlive_the_parent_connection(
+    tmp_path: Path,
+) -> None:
+    """No connection may cross fork() (sqlite.org/howtocorrupt.html, 2.6). A child that
+    inherited one believed it held the parent's locks: once the parent closed its
+    handle, another process (the outbox CLI, say) could delete the WAL while the child
+    went on committing into it, and those items were lost."""
+    path = str(tmp_path / "o.sqlite3")
+    parent = SQLiteOutbox(path)
+    parent.put_many(entries(1))
+    go_r, go_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+
+    def child_work() -> None:
+        child = parent.fork()
+        child.put_many(entries(1, start=1))
+        os.write(ready_w, b"1")
+        assert os.read(go_r, 1) == b"1"
+        child.put_many(entries(1, start=2))
+        child.close()
+
+    pid = _in_child(child_work)
+    os.close(ready_w)  # the child's end only: EOF if it dies before it is ready
+    os.close(go_r)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        assert parent.size() == 2  # the parent's handle works on after the fork
+        parent.close()
+        script = (  # opens the file, reads it, closes: the last one out checkpoints the WAL
+            "import sqlite3, sys; db = sqlite3.connect(sys.argv[1])\n"
+            "db.execute('SELECT COUNT(*) FROM px_outbox').fetchone(); db.close()"
+        )
+        subprocess.run([sys.executable, "-c", script, path], check=True, timeout=30)
+        os.write(go_w, b"1")
+    finally:
+        os.close(go_w)
+        os.close(ready_r)
+        code = _exit_code(pid)
+    assert code == 0
+    again = SQLiteOutbox(path)
+    assert again.size() == 3
+    again.close()
+
+
+def test_sqlite_outbox_inherited_by_a_forked_child_refuses_to_reconnect(tmp_path: Path) -> None:
+    parent = SQLiteOutbox(str(tmp_path / "o.sqlite3"))
+
+    def child_work() -> None:
+        with pytest.raises(RuntimeError, match="use fork"):  # its owner is the parent's
+            parent.size()
+        parent.close()  # a no-op in the child: there is no connection to close
+
+    assert _exit_code(_in_child(child_work)) == 0
+    assert parent.size() == 0
+    parent.close()
 
 
 # -- retry.call: the one retry loop ----------------------------------------------------------

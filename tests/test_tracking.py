@@ -122,6 +122,25 @@ def names(sent: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return [event["eventName"] for event in events(sent)]
 
 
+class TickingClock(Clock):
+    """Each reading is a second after the last: a request's start and end differ."""
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_page_view_is_dated_when_its_request_started(sent: list[Any]) -> None:
+    # Workers order a session's events by date: the next page can start (on another
+    # worker) before this response is over, never before this request started.
+    clock = TickingClock()
+    browser, _ = make(clock, sent)
+    browser.get(ALICE)
+    start, view = events(sent)
+    assert view["date"] == start["date"] == int((clock.now - 1.0) * 1000)
+    assert view["attributes"]["duration_ms"] == 1000
+
+
 def test_first_page_starts_a_session_and_upserts(clock: Clock, sent: list[Any]) -> None:
     browser, _ = make(clock, sent)
     body, headers = browser.get(ALICE, query="tab=1&token=s3cr3t")

@@ -419,7 +419,9 @@ class Exchange:
         self._emit(
             config.page_view_event,
             state,
-            int(now * 1000),
+            # The request's start, not now: the browser may have asked another worker
+            # for its next page before this one got here. Delivery orders by this date.
+            int(self._started * 1000),
             attributes,
             url=page_url(self._scheme, self._host, self._path, self._query,
                          config.redact_query_keys),

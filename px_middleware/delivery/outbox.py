@@ -404,9 +404,10 @@ CREATE INDEX IF NOT EXISTS px_outbox_created ON px_outbox(created, id);
 """
 _ITEM_COLUMNS = "id, kind, route, data, attempts, first_failure"
 
-# Connections inherited through fork() must never be used or closed by the child (closing
-# could checkpoint the WAL under the parent's feet), so the child parks them here.
-_inherited: list[sqlite3.Connection] = []
+# Every SQLiteOutbox of this process, so that fork() can close their connections first.
+_boxes: weakref.WeakSet[SQLiteOutbox] = weakref.WeakSet()
+_boxes_lock = threading.Lock()
+_held: list[SQLiteOutbox] = []  # boxes whose lock the forking thread holds
 
 
 class SQLiteOutbox:
@@ -443,42 +444,58 @@ class SQLiteOutbox:
         self._host = socket.gethostname()
         self._pid = os.getpid()
         self.owner = f"{self._host}/{self._pid}/{uuid.uuid4().hex[:12]}"
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            path,
-            timeout=busy_timeout,
-            isolation_level=None,  # autocommit; write transactions are explicit
-            check_same_thread=False,  # one connection, serialised by self._lock
-        )
-        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        self._lock = threading.Lock()  # held for every SQLite call, connecting included
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        with _boxes_lock:  # before the first SQLite call: a fork() from now on waits for it
+            _boxes.add(self)
         # Several workers open one file at once: switching to WAL and creating the
         # schema take locks that busy_timeout does not always wait for, so retry.
         give_up = time.monotonic() + busy_timeout
-        while True:
-            try:
-                self._set_up()
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > give_up:
-                    self._db.close()
-                    raise
-                time.sleep(0.02)
-        self._reap_dead_owners()
-        ref = weakref.ref(self)
-        os.register_at_fork(
-            before=lambda: _quiesce(ref, True),
-            after_in_parent=lambda: _quiesce(ref, False),
-            after_in_child=lambda: _quiesce(ref, None),
+        try:
+            while True:
+                try:
+                    self._set_up()
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > give_up:
+                        raise
+                    time.sleep(0.02)
+            self._reap_dead_owners()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """This process's connection, opened on first use, and again after a fork()
+        closed it (see ``_before_fork``). Callers hold ``_lock``."""
+        db = self._conn
+        if db is not None:
+            return db
+        if self._closed:
+            raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+        if os.getpid() != self._pid:
+            # Its owner is the parent's: claims and acks made here would be mixed up.
+            raise RuntimeError("this SQLiteOutbox belongs to the parent process; use fork()")
+        db = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout,
+            isolation_level=None,  # autocommit; write transactions are explicit
+            check_same_thread=False,  # one connection, serialised by self._lock
         )
+        db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        # NORMAL in WAL mode survives a process crash (kill -9); only an OS crash or
+        # power loss can lose the last commits, which is not worth an fsync per batch.
+        db.execute("PRAGMA synchronous = NORMAL")  # per connection, unlike journal_mode
+        self._conn = db
+        return db
 
     def _set_up(self) -> None:
         with self._lock:
             (mode,) = self._db.execute("PRAGMA journal_mode").fetchone()
             if str(mode).lower() != "wal":
                 self._db.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL mode survives a process crash (kill -9); only an OS crash or
-            # power loss can lose the last commits, which is not worth an fsync per batch.
-            self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.executescript(_SCHEMA)
             have = {row[1] for row in self._db.execute("PRAGMA table_info(px_outbox)")}
             for name, decl in _COLUMNS.items():
@@ -749,8 +766,8 @@ class SQLiteOutbox:
         return moved
 
     def fork(self) -> SQLiteOutbox:
-        """A new connection and owner for a forked child; the inherited one is parked."""
-        _inherited.append(self._db)
+        """A handle with its own owner for a forked child (the parent's claims stay the
+        parent's); the inherited handle has no connection and refuses to open one."""
         return SQLiteOutbox(
             self.path,
             max_events=self.max_events,
@@ -761,30 +778,47 @@ class SQLiteOutbox:
         )
 
     def close(self) -> None:
-        if os.getpid() != self._pid:
-            _inherited.append(self._db)
-            return
         with self._lock:
-            self._db.close()
+            self._closed = True
+            db, self._conn = self._conn, None
+            if db is not None:
+                db.close()
+        with _boxes_lock:  # not under self._lock: _before_fork takes them in this order
+            _boxes.discard(self)
 
 
-def _quiesce(ref: weakref.ref[SQLiteOutbox], before: bool | None) -> None:
-    """Hold the connection idle across ``fork()`` (gunicorn ``--preload``).
+def _before_fork() -> None:
+    """Close every outbox connection of this process before ``fork()`` (a gunicorn
+    ``--preload`` master drains the outbox, then forks its workers).
 
-    SQLite keeps per-process lock bookkeeping for each file; a child forked while a
-    thread of the parent was inside a statement inherits that bookkeeping without the
-    locks, and every connection it opens to the file can then fail with "database is
-    locked" for good. Taking the handle's lock before the fork means no statement runs.
+    No SQLite connection may cross a fork (https://www.sqlite.org/howtocorrupt.html,
+    2.6): the child inherits SQLite's per-process state for the file, which says that
+    it holds the parent's locks when it holds none. A connection the child then opens
+    to the file can fail with "database is locked" for good, or write to a WAL that
+    another process deletes (its commits lost). A thread inside SQLite at the fork
+    (opening the file, say) may hold a SQLite mutex, and the child hangs on its first
+    SQLite call. Holding every handle's lock means no thread is inside SQLite; the
+    parent reopens on its next call, the child through ``fork()``.
     """
-    box = ref()
-    if box is None:
-        return
-    if before:
+    _boxes_lock.acquire()
+    for box in list(_boxes):
         box._lock.acquire()
-    elif before is None:
-        box._lock = threading.Lock()  # the child's copy is held; it never uses this one
-    else:
+        _held.append(box)
+        db, box._conn = box._conn, None
+        if db is not None:
+            with contextlib.suppress(Exception):  # a fork hook must never raise
+                db.close()
+
+
+def _after_fork() -> None:
+    """In the parent and in the child: the forking thread lets go of every lock."""
+    for box in _held:
         box._lock.release()
+    _held.clear()
+    _boxes_lock.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
 
 
 def _item(row: Any) -> Item:
