@@ -74,6 +74,8 @@ def main(argv: list[str]) -> int:
         print(f"usage: python -m examples.demo [{'|'.join(APPS)}]", file=sys.stderr)
         return 2
     STATE.mkdir(exist_ok=True)
+    # A SIGTERM (timeout, a process manager) must stop both servers too, not orphan them.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     env = {**os.environ, **SETTINGS, "PX_OUTBOX_PATH": str(STATE / "outbox.sqlite3"),
            "FLASK_APP_DB": str(STATE / "flask_app.sqlite3"),
            "DJANGO_APP_DB": str(STATE / "django_app.sqlite3")}
