@@ -142,12 +142,18 @@ class PXAsgiMiddleware:
             await self.app(scope, receive, send)
             return
         scope[SEEN_KEY] = True
-        client = scope.get("client")
-        # The request as it came in: a router may rewrite the scope on its way.
-        facts: _Facts = (
-            scope["method"], scope["path"], scope.get("query_string", b"").decode("latin-1"),
-            scope.get("scheme", "http"), client[0] if client else None,
-        )
+        try:
+            client = scope.get("client")
+            # The request as it came in: a router may rewrite the scope on its way.
+            facts: _Facts = (
+                scope["method"], scope["path"],
+                scope.get("query_string", b"").decode("latin-1"),
+                scope.get("scheme", "http"), client[0] if client else None,
+            )
+        except Exception:
+            self._failed("reading the request")
+            await self.app(scope, receive, send)
+            return
         tracker = self.tracker
         started = tracker.clock() if tracker is not None else None
         await self._respond(scope, receive, send, facts, started)

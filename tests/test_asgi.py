@@ -392,3 +392,23 @@ async def test_an_async_identify_is_awaited_on_the_event_loop() -> None:
             response = await c.get("/")
         assert px_calls(response.text)[0][1]["id"] == user
     assert seen == [loop_thread, loop_thread]
+
+
+async def test_a_scope_we_cannot_read_goes_to_the_app_untouched() -> None:
+    """Fail open: a scope without ``query_string`` bytes (a str here) is the app's to
+    handle; ours logs and counts the error and stays out of the way."""
+    middleware = PXAsgiMiddleware(page_only, CONFIG, identify=identify)
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "GET", "path": "/", "raw_path": b"/", "query_string": "u=1",
+             "root_path": "", "headers": [], "scheme": "http", "server": ("t", 80)}
+    await middleware(scope, receive, send)
+    assert sent[0]["status"] == 200 and MARKER.encode() not in sent[-1]["body"]
+    assert middleware.counters.snapshot()["errors"] == 1
