@@ -155,7 +155,6 @@ class PX:
         return current_identity()
 
 
-
 class _FlaskMiddleware(PXWsgiMiddleware):
     """Reads Flask's context at response start, while it is live: ``g.px_skip`` and
     ``@exempt`` views, and the request Flask built already, for the hooks."""

@@ -24,6 +24,7 @@ from px_middleware.core.signing import user_hash
 MARKER = 'data-px-middleware="1"'
 #: Any PX loader (ours or hand-pasted) mentions this; the injector skips such pages.
 LOADER_SIGNATURE = b"aptrinsic"
+#: How our snippet ends; ``with_set_user`` adds its call just before it.
 _CLOSE = b"</script>"
 
 _NONCE = re.compile(r"[A-Za-z0-9+/_=-]{1,256}")
@@ -127,7 +128,7 @@ def render(
     if identity is not None:
         parts.append(identify_call(config, identity, on_attribute_error))
     nonce_attr = "" if nonce is None else f' nonce="{html.escape(nonce)}"'
-    script = f"<script {MARKER}{nonce_attr}>{''.join(parts)}</script>".encode("ascii")
+    script = f"<script {MARKER}{nonce_attr}>{''.join(parts)}".encode("ascii") + _CLOSE
     return with_set_user(script, set_user) if identity is not None and set_user else script
 
 
