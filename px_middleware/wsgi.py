@@ -119,7 +119,7 @@ class PXWsgiMiddleware:
 
     def _request(self, environ: WSGIEnvironment) -> Request:
         """What the hooks get. Shallow: the body is the app's; reading it must fail."""
-        return Request(environ, shallow=True)
+        return _LazyRequest(environ)
 
     def _exchange(self, environ: WSGIEnvironment, facts: _Facts,
                   started: float | None) -> Exchange | None:
@@ -183,6 +183,27 @@ class PXWsgiMiddleware:
             nonce_required=self.nonce_required,
             set_user=environ.get(SET_USER_KEY),
         )
+
+
+class _LazyRequest(Request):
+    """A shallow werkzeug ``Request`` that reads the environ when first asked.
+
+    ``Request.__init__`` decodes the path, parses the host and wraps the headers (about
+    2 µs); most ``identify`` hooks read one cookie or ``environ`` key, or nothing. Any
+    attribute ``__init__`` would have set runs it then, whatever werkzeug's version sets.
+    """
+
+    def __init__(self, environ: WSGIEnvironment) -> None:
+        self.environ = environ
+        self.shallow = True
+
+    def __getattr__(self, name: str) -> object:
+        # Only for attributes not found: the ones Request.__init__ sets, or none at all.
+        if "_read" in self.__dict__:
+            raise AttributeError(name)
+        self.__dict__["_read"] = True
+        Request.__init__(self, self.environ, populate_request=False, shallow=True)
+        return getattr(self, name)
 
 
 _ENVIRON_KEYS: dict[str, str] = {}

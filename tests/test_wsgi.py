@@ -458,6 +458,36 @@ def test_request_body_is_never_read() -> None:
     assert Input.reads == 0
 
 
+def test_the_hooks_request_reads_as_werkzeugs_own() -> None:
+    """The request the hooks get reads the environ only when asked; what it reads is
+    what werkzeug's own ``Request`` reads from the same environ."""
+    seen: list[Request] = []
+
+    def identify(request: Request) -> Identity:
+        seen.append(request)
+        return ADA
+
+    app, _ = page_app()
+    env = create_environ("/shop/a%20b?q=1&q=2", "https://app.test:8443/",
+                         headers={"Cookie": "sid=abc; theme=dark", "X-Forwarded-For": "10.0.0.1",
+                                  "User-Agent": "Mozilla/5.0"})
+    env["SCRIPT_NAME"] = "/shop"
+    env["PATH_INFO"] = "/a b"
+    env["REMOTE_ADDR"] = "192.0.2.7"
+    served = serve(PXWsgiMiddleware(app, CONFIG, identify=identify), environ=env)
+    assert len(snippets(served.body)) == 1
+    [ours] = seen
+    theirs = Request(dict(ours.environ), shallow=True)
+    assert isinstance(ours, Request) and ours.shallow
+    for name in ("method", "scheme", "server", "root_path", "path", "full_path", "query_string",
+                 "args", "cookies", "host", "url", "base_url", "remote_addr", "access_route",
+                 "user_agent", "content_type"):
+        assert str(getattr(ours, name)) == str(getattr(theirs, name)), name
+    assert dict(ours.headers) == dict(theirs.headers)
+    with pytest.raises(AttributeError):
+        getattr(ours, "no_such_attribute")  # noqa: B009 - a missing attribute stays missing
+
+
 # -- decisions the adapter wires through -------------------------------------------------
 def test_identify_is_lazy_and_called_at_most_once() -> None:
     calls: list[str] = []
