@@ -196,33 +196,37 @@ class Injector:
     starts like a body already decided is decided without scanning it.
     """
 
+    # The scanner's state, at its start. Class attributes: every one is immutable and
+    # set on the instance when it first changes, so a body decided by a known head (most
+    # pages) never pays for the scanner state it does not use.
+    _data: _Buffer = b""
+    _pos = 0
+    _mode = _INITIAL
+    _document = False  # a doctype, <html>, <head> or <body> was seen
+    _insert_at = 0
+    _templates = 0  # open <template> elements in the head
+    # Inside a comment or an element's text: (what, where it began, state, where the
+    # search for its end resumes, the pattern that ends it).
+    _inside: tuple[int, int, int, int, re.Pattern[bytes] | None] | None = None
+    _wait_from = -1  # an unfinished tag at _pos: re-read once ">" is past this
+    _retry_at = 0  # ... and once the data is this long (it failed at a ">")
+    _failed_at = -1  # where the last unfinished tag began
+    _plain_until = 0  # the fast path stays off before this offset
+    #: Bytes the scanner examined, for the linear-work test and the benchmarks.
+    scanned = 0
+    #: ``None`` while undecided, then whether the snippet went in.
+    inserted: bool | None = None
+    #: ``inserted is not None``, as a plain attribute: read for every chunk.
+    decided = False
+    #: Why the snippet did not go in (for the debug log).
+    reason = ""
+
     def __init__(
         self, snippet: bytes, limit: int = LIMIT, known: KnownHeads | None = None
     ) -> None:
         self._snippet = snippet
         self._limit = limit
         self._known = known
-        self._data: _Buffer = b""
-        self._pos = 0
-        self._mode = _INITIAL
-        self._document = False  # a doctype, <html>, <head> or <body> was seen
-        self._insert_at = 0
-        self._templates = 0  # open <template> elements in the head
-        # Inside a comment or an element's text: (what, where it began, state, where
-        # the search for its end resumes, the pattern that ends it).
-        self._inside: tuple[int, int, int, int, re.Pattern[bytes] | None] | None = None
-        self._wait_from = -1  # an unfinished tag at _pos: re-read once ">" is past this
-        self._retry_at = 0  # ... and once the data is this long (it failed at a ">")
-        self._failed_at = -1  # where the last unfinished tag began
-        self._plain_until = 0  # the fast path stays off before this offset
-        #: Bytes the scanner examined, for the linear-work test and the benchmarks.
-        self.scanned = 0
-        #: ``None`` while undecided, then whether the snippet went in.
-        self.inserted: bool | None = None
-        #: ``inserted is not None``, as a plain attribute: read for every chunk.
-        self.decided = False
-        #: Why the snippet did not go in (for the debug log).
-        self.reason = ""
 
     def feed(self, chunk: bytes) -> bytes:
         if self.decided:
