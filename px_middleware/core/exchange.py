@@ -39,7 +39,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from px_middleware.config import PXConfig
 from px_middleware.core import csp
@@ -52,7 +52,7 @@ from px_middleware.core.events import (
     upsert_bodies,
 )
 from px_middleware.core.injector import Injector, KnownHeads
-from px_middleware.core.model import Account, Identity, PXValue, User, coerce
+from px_middleware.core.model import Identity, PXValue, coerce
 from px_middleware.core.notices import REQUEST_NOTICES
 from px_middleware.core.policy import (
     ResponseHead,
@@ -83,7 +83,6 @@ SET_USER_KEY = "px_middleware.set_user"
 #: A hashable, type-exact key for coerced attributes (``1``, ``1.0`` and ``True`` are
 #: equal in Python but three different JSON values).
 _Key = tuple[Any, ...]
-_V = TypeVar("_V")
 
 
 def _key(attributes: Mapping[str, PXValue] | None) -> _Key:
@@ -99,62 +98,63 @@ def _ignore(name: str, exc: Exception) -> None:
 class Snippets:
     """Per middleware: what repeats between requests, worked out once.
 
-    Rendered snippets and upsert digests by identity value (the same user's identify
-    call, with its HMAC, does not change between requests; bounded, least recently
-    used out first), and the injector's decisions on the heads it has read.
+    What an identity value comes to (``Known``: its attributes, snippets and upsert
+    digest; the same user's identify call, with its HMAC, does not change between
+    requests; bounded, least recently used out first), the anonymous snippets, and the
+    injector's decisions on the heads it has read.
     """
 
     def __init__(self, size: int = 512) -> None:
         self._size = size
-        self._snippets: dict[_Key, bytes] = {}
-        self._digests: dict[_Key, str] = {}
-        self._coerced: dict[_Key, _Coerced] = {}
+        self._known: dict[_Key, Known] = {}
+        #: The anonymous snippet, by (reset, nonce slot).
+        self.anonymous: dict[tuple[bool, bool], bytes] = {}
         self.heads = KnownHeads()
 
-    def attributes(
-        self, subject: User | Account, on_error: Callable[[str, Exception], None]
-    ) -> tuple[dict[str, PXValue], _Key]:
-        """``subject.attributes(on_error)`` and its key, coerced once per distinct value.
-
-        The dict is shared between requests: read it, never change it. Errors are
-        remembered with it and reported again on every request, as coercing would.
-        """
+    def known(self, identity: Identity) -> Known:
+        """What ``identity`` comes to, worked out once per distinct value: one look-up."""
+        account = identity.account
+        cache = self._known
         try:
-            raw = subject.value_key()
-            coerced = self._get(self._coerced, raw, lambda: _coerce(subject))
-        except TypeError:  # an unhashable custom value: coerce it (it is refused there)
-            coerced = _coerce(subject)
-        attributes, key, errors = coerced
-        for name, exc in errors:
-            on_error(name, exc)
-        return attributes, key
-
-    def snippet(self, key: _Key, build: Callable[[], bytes]) -> bytes:
-        return self._get(self._snippets, key, build)
-
-    def digest(self, key: _Key) -> str:
-        return self._get(self._digests, key, lambda: _digest(key))
-
-    def _get(self, cache: dict[_Key, _V], key: _Key, build: Callable[[], _V]) -> _V:
-        value = cache.pop(key, None)
-        if value is None:
-            value = build()
-            if len(cache) >= self._size:
-                # StopIteration, RuntimeError: emptied or resized by another thread.
-                with contextlib.suppress(StopIteration, RuntimeError):
-                    cache.pop(next(iter(cache)), None)
-        cache[key] = value  # (re)inserted last: the most recently used
-        return value
+            raw = (identity.user.value_key(), None if account is None else account.value_key())
+            known = cache.pop(raw, None)
+            if known is None:
+                known = Known(identity)
+                if len(cache) >= self._size:
+                    # StopIteration, RuntimeError: emptied or resized by another thread.
+                    with contextlib.suppress(StopIteration, RuntimeError):
+                        cache.pop(next(iter(cache)), None)
+            cache[raw] = known  # (re)inserted last: the most recently used
+        except TypeError:  # an unhashable custom value: for this request only (refused there)
+            return Known(identity)
+        return known
 
 
-#: Coerced attributes, their key, and the errors coercing them reported.
-_Coerced = tuple[dict[str, PXValue], _Key, tuple[tuple[str, Exception], ...]]
+class Known:
+    """One identity value, worked out once and shared between requests: read it, never
+    change what it holds (only ``snippets`` and ``digest`` fill in, once each).
 
+    The errors coercing it reported are kept, to be counted again on every request,
+    as coercing would.
+    """
 
-def _coerce(subject: User | Account) -> _Coerced:
-    errors: list[tuple[str, Exception]] = []
-    attributes = subject.attributes(lambda name, exc: errors.append((name, exc)))
-    return attributes, _key(attributes), tuple(errors)
+    __slots__ = ("account", "digest", "errors", "key", "snippets", "user")
+
+    def __init__(self, identity: Identity) -> None:
+        errors: list[tuple[str, Exception]] = []
+
+        def on_error(name: str, exc: Exception) -> None:
+            errors.append((name, exc))
+
+        self.user = identity.user.attributes(on_error)
+        account = identity.account
+        self.account = None if account is None else account.attributes(on_error)
+        self.errors = tuple(errors)
+        self.key: _Key = (_key(self.user), _key(self.account))
+        #: The rendered snippet, by (reset, nonce slot).
+        self.snippets: dict[tuple[bool, bool], bytes] = {}
+        #: The upsert fingerprint (``_digest(key)``), once an upsert needed it.
+        self.digest = ""
 
 
 def _digest(key: _Key) -> str:
@@ -177,13 +177,27 @@ def pass_through_reason(config: PXConfig, head: ResponseHead, tracking: bool) ->
 class Exchange:
     """Per-request state for one response; drivers keep one per request, in a local."""
 
-    __slots__ = (
-        "_account", "_client", "_config", "_cookie", "_counters", "_head", "_header",
-        "_headers", "_host", "_identity", "_ikey", "_method", "_move", "_path",
-        "_path_allowed", "_query", "_request_reason", "_scheme", "_snippet", "_snippets",
-        "_started", "_state", "_status", "_track_checks", "_tracker", "_user", "injector",
-        "skip_reason", "track_reason",
-    )
+    # Per-response state, at its start. Class attributes: each is immutable and set on
+    # the instance when it first changes, so a response pays only for what it uses.
+    _status = 0
+    _head: ResponseHead | None = None
+    _identity: Identity | None = None
+    #: What the identity comes to (its attributes, for the snippet and the upsert).
+    _known: Known | None = None
+    _snippet = b""
+    #: The session move of a response that may be a page view, until it is settled.
+    _move: Transition | None = None
+    #: The session after a counted page view (set once the response is settled).
+    _state: SessionState | None = None
+    _cookie: str | None = None
+    _started = 0.0
+    #: Whether the request-side tracking checks still wait for ``accepts``: they are
+    #: left until the response is known to qualify (most are not pages).
+    _track_checks = False
+    #: The injector the body goes through: ours with the snippet, or an empty one that
+    #: only tells a document from a fragment (for the page-view decision).
+    injector: Injector | None = None
+    track_reason: str | None = "tracking off"
 
     def __init__(
         self,
@@ -212,34 +226,14 @@ class Exchange:
         self._host = host
         self._client = client
         self._tracker = tracker
-        self._snippets = snippets
-        self._status = 0
+        #: Shared by a middleware's exchanges; without, this exchange's own (no sharing).
+        self._snippets = Snippets() if snippets is None else snippets
         self._headers: list[tuple[str, str]] = []
-        self._head: ResponseHead | None = None
-        self._identity: Identity | None = None
-        #: The identity's attributes, coerced once in ``begin`` (snippet and upsert).
-        self._user: dict[str, PXValue] | None = None
-        self._account: dict[str, PXValue] | None = None
-        self._ikey: _Key | None = None
-        self._snippet = b""
-        #: The session move of a response that may be a page view, until it is settled.
-        self._move: Transition | None = None
-        #: The session after a counted page view (set once the response is settled).
-        self._state: SessionState | None = None
-        self._cookie: str | None = None
-        self._started = 0.0
-        #: The injector the body goes through: ours with the snippet, or an empty one
-        #: that only tells a document from a fragment (for the page-view decision).
-        self.injector: Injector | None = None
         allowed = self._path_allowed = path_allowed(path)
         reason = self._request_reason = request_skip_reason(method, path, header, allowed)
         self.skip_reason: str | None = (
             "injection disabled (inject=False)" if not config.inject else reason
         )
-        self.track_reason: str | None = "tracking off"
-        #: Whether the request-side tracking checks still wait for ``accepts``: they
-        #: are left until the response is known to qualify (most are not pages).
-        self._track_checks = False
         if tracker is not None:
             # When the request came in (``started``), if the driver built this later.
             self._started = tracker.clock() if started is None else started
@@ -288,20 +282,11 @@ class Exchange:
         self._identity = identity
         tracker = self._tracker
         if identity is not None:
-            # Coerced once, for the snippet and the upsert: a bad value is counted once.
-            snippets = self._snippets
-            if snippets is None:
-                self._user = identity.user.attributes(self._attribute_error)
-                if identity.account is not None:
-                    self._account = identity.account.attributes(self._attribute_error)
-            else:
-                self._user, user_key = snippets.attributes(identity.user, self._attribute_error)
-                account_key: _Key = ()
-                if identity.account is not None:
-                    self._account, account_key = snippets.attributes(
-                        identity.account, self._attribute_error
-                    )
-                self._ikey = (user_key, account_key)
+            # Worked out once per identity value, for the snippet and the upsert; its bad
+            # values are counted on every request all the same.
+            known = self._known = self._snippets.known(identity)
+            for name, exc in known.errors:
+                self._attribute_error(name, exc)
         if self.track_reason is None:
             assert tracker is not None
             previous = tracker.cookie.load(
@@ -320,12 +305,12 @@ class Exchange:
             snippet = self._prepare(identity, nonce, nonce_required, set_user, reset)
             if snippet is not None:
                 self._snippet = snippet
-                self.injector = Injector(snippet, known=self._heads())
+                self.injector = Injector(snippet, known=self._snippets.heads)
                 return True
         if self._move is not None:
             if head.html and head.refusal is None and self._method != "HEAD":
                 # Document or fragment? The empty injector says, with the body unchanged.
-                self.injector = Injector(b"", known=self._heads())
+                self.injector = Injector(b"", known=self._snippets.heads)
                 return True
             self._count(inserted=False)
         return False
@@ -517,16 +502,17 @@ class Exchange:
         tracker = self._tracker
         identity = self._identity
         assert tracker is not None and tracker.capture is not None and identity is not None
-        key = self._identity_key()
-        fingerprint = self._snippets.digest(key) if self._snippets else _digest(key)
+        known = self._known
+        assert known is not None
+        fingerprint = known.digest or _digest(known.key)
+        known.digest = fingerprint
         if fingerprint == state.digest:
             return state
-        # Coerced once for this request (its errors counted then); only the REST model's
-        # own refusals (read-only, enum, integer) are new here.
-        assert self._user is not None
+        # Coerced once (its errors counted in ``begin``); only the REST model's own
+        # refusals (read-only, enum, integer) are new here.
         user_body, account_body = upsert_bodies(
             self._config, identity, on_error=self._upsert_error,
-            coerced=(self._user, self._account),
+            coerced=(known.user, known.account),
         )
         accepted = tracker.capture("user", user_body)
         if account_body is not None:
@@ -596,30 +582,20 @@ class Exchange:
                           on_attribute_error=_ignore)
 
         try:
-            if self._snippets is None:
-                snippet = build(nonce)
-            else:
-                # Cached per identity; a nonce is per request, so it has a slot, and the
-                # set_user values (often a time) are added after.
-                key = (None if identity is None else self._identity_key(), reset,
-                       nonce is not None)
-                slot = None if nonce is None else NONCE_SLOT
-                snippet = self._snippets.snippet(key, lambda: build(slot))
-                if nonce is not None:
-                    snippet = with_nonce(snippet, nonce)
+            # Cached per identity; a nonce is per request, so it has a slot, and the
+            # set_user values (often a time) are added after.
+            known = self._known
+            cache = self._snippets.anonymous if known is None else known.snippets
+            slot = (reset, nonce is not None)
+            snippet = cache.get(slot)
+            if snippet is None:
+                snippet = cache[slot] = build(None if nonce is None else NONCE_SLOT)
+            if nonce is not None:
+                snippet = with_nonce(snippet, nonce)
             return with_set_user(snippet, values) if values else snippet
         except (TypeError, ValueError) as exc:
             self.skip(f"snippet not rendered: {exc}")
             return None
-
-    def _heads(self) -> KnownHeads | None:
-        return self._snippets.heads if self._snippets is not None else None
-
-    def _identity_key(self) -> _Key:
-        key = self._ikey
-        if key is None:
-            key = self._ikey = (_key(self._user), _key(self._account))
-        return key
 
     def _upsert_error(self, name: str, exc: Exception) -> None:
         self._counters.incr("attributes_dropped")
