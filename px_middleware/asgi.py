@@ -61,6 +61,16 @@ def _decode(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
 
 
+def _content_type(raw: list[tuple[bytes, bytes]]) -> str | None:
+    """``policy.content_type`` on the raw headers: a response that passes through has
+    nothing else decoded."""
+    found = None
+    for name, value in raw:
+        if len(name) == 12 and name.lower() == b"content-type":
+            found = value
+    return None if found is None else found.decode("latin-1")
+
+
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
@@ -233,17 +243,17 @@ class PXAsgiMiddleware:
                     return
                 injecting = False
                 try:
-                    headers = _decode(message.get("headers", []))
-                    head = ResponseHead(headers)
-                    status = message["status"]
-                    reason = pass_through_reason(self.config, head, self.tracker is not None)
+                    raw = message.get("headers", [])
+                    reason = pass_through_reason(self.config, _content_type(raw),
+                                                 self.tracker is not None)
                     if reason is None:
                         exchange = self._exchange(scope, facts, started)
                     elif log.isEnabledFor(logging.DEBUG):
                         log.debug("px_middleware: not injected: %s", reason)
                     if exchange is not None:
+                        headers = _decode(raw)
                         injecting = await self._identify_and_begin(
-                            scope, exchange, status, headers, head
+                            scope, exchange, message["status"], headers, ResponseHead(headers)
                         )
                 except Exception:
                     self._failed("deciding at response start")

@@ -48,7 +48,7 @@ from px_middleware.core.exchange import (
 )
 from px_middleware.core.model import as_identity
 from px_middleware.core.notices import REQUEST_NOTICES
-from px_middleware.core.policy import ResponseHead
+from px_middleware.core.policy import ResponseHead, content_type
 from px_middleware.delivery import tracker_for
 
 if TYPE_CHECKING:
@@ -275,16 +275,16 @@ class _Response:
         middleware = self.middleware
         injecting = False
         try:
-            head = ResponseHead(headers)
-            code = int(status.split(" ", 1)[0])
-            reason = pass_through_reason(middleware.config, head, middleware.tracker is not None)
+            reason = pass_through_reason(middleware.config, content_type(headers),
+                                         middleware.tracker is not None)
             if reason is None:
                 exchange = self.exchange = middleware._exchange(
                     self.environ, self.facts, self.started
                 )
                 if exchange is not None:
+                    code = int(status.split(" ", 1)[0])
                     injecting = middleware._identify_and_begin(
-                        self.environ, exchange, code, headers, head
+                        self.environ, exchange, code, headers, ResponseHead(headers)
                     )
             elif log.isEnabledFor(logging.DEBUG):
                 log.debug("px_middleware: not injected: %s", reason)

@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from px_middleware import PXConfig
+from px_middleware.asgi import _content_type
 from px_middleware.core.policy import (
+    ResponseHead,
+    content_type,
     media_type,
     public_cache_reason,
     request_skip_reason,
@@ -158,6 +163,24 @@ def test_media_type() -> None:
     assert media_type(None) == ""
     assert media_type("") == ""
     assert media_type("Text/HTML ; charset=x") == "text/html"
+
+
+@given(st.lists(st.tuples(
+    st.sampled_from(["Content-Type", "content-type", "CONTENT-TYPE", "Content-Types",
+                     "X-Content-Type", "Content-Length"]),
+    st.sampled_from(["text/html", "application/json", "Text/HTML; charset=x", ""]),
+), max_size=5))
+def test_the_pass_through_check_reads_the_content_type_the_head_reads(
+    headers: list[tuple[str, str]]
+) -> None:
+    """Before an exchange, the drivers read only the Content-Type (ASGI's from the raw
+    headers); the response head read later must see the same one, the last."""
+    ours = content_type(headers)
+    expected = [v for n, v in headers if n.lower() == "content-type"]
+    assert ours == (expected[-1] if expected else None)
+    assert media_type(ours) == ResponseHead(headers).media_type
+    raw = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+    assert _content_type(raw) == ours
 
 
 # -- public caches ----------------------------------------------------------------------------

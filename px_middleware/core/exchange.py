@@ -4,7 +4,7 @@
 or not, which session move, which events and upserts, which cookie. Both drivers (and
 any other, such as Django's) drive it the same way, so they cannot drift apart:
 
-0. Optionally, at response start: ``pass_through_reason(config, ResponseHead(headers),
+0. Optionally, at response start: ``pass_through_reason(config, content_type(headers),
    tracking)`` not None means pass through untouched, with no exchange at all (most
    responses: JSON, assets). The drivers build the exchange only then, with the
    request facts read when the request came in and ``started`` its time.
@@ -55,7 +55,9 @@ from px_middleware.core.injector import Injector, KnownHeads
 from px_middleware.core.model import Identity, PXValue, coerce
 from px_middleware.core.notices import REQUEST_NOTICES
 from px_middleware.core.policy import (
+    HTML_TYPES,
     ResponseHead,
+    media_type,
     navigation_reason,
     request_skip_reason,
     response_skip_reason,
@@ -162,16 +164,21 @@ def _digest(key: _Key) -> str:
     return hashlib.sha256(repr(key).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def pass_through_reason(config: PXConfig, head: ResponseHead, tracking: bool) -> str | None:
+def pass_through_reason(config: PXConfig, content_type: str | None,
+                        tracking: bool) -> str | None:
     """Before an ``Exchange`` is built: why this response can neither get the snippet
     nor count as a page view, whatever the request (None: it may). Most responses
     (JSON, assets) cannot: a driver passes them through without an exchange, and no
-    request check is made for them."""
-    if head.html:
+    request check is made for them, nor any other header read.
+
+    ``content_type``: the response's (``policy.content_type(headers)``).
+    """
+    media = media_type(content_type)
+    if media in HTML_TYPES:
         return None if config.inject or tracking else "injection disabled (inject=False)"
     if tracking and config.track_all_responses:
         return None
-    return f"media type {head.media_type or 'missing'!r} is not HTML"
+    return f"media type {media or 'missing'!r} is not HTML"
 
 
 class Exchange:

@@ -7,13 +7,11 @@ uncertain is a "no": a page without PX is harmless, a broken response is not.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 from px_middleware.core.request import HeaderGetter
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
-_DIGITS = re.compile(r"[0-9]+")
 
 
 def media_type(content_type: str | None) -> str:
@@ -21,6 +19,15 @@ def media_type(content_type: str | None) -> str:
     if not content_type:
         return ""
     return content_type.split(";", 1)[0].strip().lower()
+
+
+def content_type(headers: Iterable[tuple[str, str]]) -> str | None:
+    """The response's ``Content-Type``: the last one, as ``ResponseHead`` reads it."""
+    found = None
+    for name, value in headers:
+        if len(name) == 12 and name.lower() == "content-type":
+            found = value
+    return found
 
 
 def request_skip_reason(
@@ -83,8 +90,7 @@ class ResponseHead:
             lower = name.lower()
             if lower == "content-type":
                 content_type = value
-            elif lower == "content-length" and not _DIGITS.fullmatch(value.strip()):
-                # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+            elif lower == "content-length" and not _digits(value.strip()):
                 self.refusal = self.refusal or f"invalid Content-Length {value!r}"
             elif lower == "cache-control":
                 lowered = value.lower()
@@ -106,6 +112,11 @@ class ResponseHead:
     @property
     def html(self) -> bool:
         return self.media_type in HTML_TYPES
+
+
+def _digits(text: str) -> bool:
+    # ASCII digits only: str.isdigit() alone also accepts "²", which int() refuses.
+    return text.isascii() and text.isdigit()
 
 
 def response_skip_reason(
