@@ -75,18 +75,29 @@ def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
+_NAMES: dict[str, bytes] = {}
+
+
+def _name(name: str) -> bytes:
+    key = name.lower().encode("latin-1")
+    if len(_NAMES) < 256:  # the core asks for a fixed set of names
+        _NAMES[name] = key
+    return key
+
+
 def _header_getter(scope: Scope) -> Callable[[str], str | None]:
     """``header(name)`` on the scope's headers, the first of duplicates (as starlette's
-    ``Headers.get``); one dict per request instead of a list scan per lookup."""
-    found: dict[str, str] | None = None
+    ``Headers.get``); one dict per request instead of a list scan per lookup, and only
+    the values asked for decoded."""
+    found: dict[bytes, bytes] | None = None
 
     def header(name: str) -> str | None:
         nonlocal found
         if found is None:
-            found = {}
-            for key, value in reversed(scope.get("headers") or ()):
-                found[key.decode("latin-1").lower()] = value.decode("latin-1")
-        return found.get(name.lower())
+            # Names lowered here too: the ASGI spec asks servers to, not every one does.
+            found = {key.lower(): value for key, value in reversed(scope.get("headers") or ())}
+        value = found.get(_NAMES.get(name) or _name(name))
+        return None if value is None else value.decode("latin-1")
 
     return header
 

@@ -19,7 +19,10 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
@@ -37,7 +40,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message
 
 from px_middleware import Account, Identity, PXConfig, User
-from px_middleware.asgi import PXAsgiMiddleware
+from px_middleware.asgi import PXAsgiMiddleware, _header_getter
 from px_middleware.core.snippet import MARKER
 
 SECRET = "test-hmac-secret"
@@ -412,3 +415,20 @@ async def test_a_scope_we_cannot_read_goes_to_the_app_untouched() -> None:
     await middleware(scope, receive, send)
     assert sent[0]["status"] == 200 and MARKER.encode() not in sent[-1]["body"]
     assert middleware.counters.snapshot()["errors"] == 1
+
+
+_NAMES = st.sampled_from([b"cookie", b"user-agent", b"sec-fetch-dest", b"x-requested-with",
+                          b"hx-request", b"host", b"referer"])
+
+
+@given(st.lists(st.tuples(_NAMES, st.binary(max_size=8)), max_size=8),
+       st.sampled_from(["cookie", "User-Agent", "SEC-FETCH-DEST", "hx-request", "dnt"]))
+def test_the_core_reads_request_headers_as_starlette_does(
+    raw: list[tuple[bytes, bytes]], name: str
+) -> None:
+    """The first of duplicates, any case asked for, the value latin-1 (starlette's
+    ``Headers.get``); names the server sent in capitals are found all the same."""
+    expected = Headers(scope={"headers": raw}).get(name)
+    assert _header_getter({"headers": raw})(name) == expected
+    shouted = [(key.upper(), value) for key, value in raw]
+    assert _header_getter({"headers": shouted})(name) == expected
