@@ -163,12 +163,11 @@ class _FlaskMiddleware(PXWsgiMiddleware):
         super().__init__(*args, **kwargs)
         self.flask_app = flask_app
 
-    def _skipped(self, environ: WSGIEnvironment) -> bool:
-        if super()._skipped(environ):
+    def _skipped(self, environ: WSGIEnvironment, request: Request) -> bool:
+        if super()._skipped(environ, request):
             return True
-        request = _current_request(environ)
-        if request is None:
-            return False
+        if not isinstance(request, FlaskRequest):
+            return False  # outside Flask's dispatch (a WSGI app mounted inside ours)
         view = self.flask_app.view_functions.get(request.endpoint) if request.endpoint else None
         return bool(g.get("px_skip") or getattr(view, _EXEMPT, False))
 

@@ -113,7 +113,7 @@ class PXWsgiMiddleware:
         self.counters.incr("errors")
         log.exception("px_middleware: error while %s; response passed through unchanged", where)
 
-    def _skipped(self, environ: WSGIEnvironment) -> bool:
+    def _skipped(self, environ: WSGIEnvironment, request: Request) -> bool:
         """The app said: no PX on this response (``environ["px_middleware.skip"]``)."""
         return bool(environ.get(SKIP_KEY))
 
@@ -157,12 +157,12 @@ class PXWsgiMiddleware:
 
         True: the body goes through the exchange (and the head waits for its decision).
         """
-        if self._skipped(environ):
+        request = self._request(environ)
+        if self._skipped(environ, request):
             exchange.leave("skipped by the app (px_middleware.skip)")
             return False
         if not exchange.accepts(status, headers, head):
             return False
-        request = self._request(environ)
         try:
             identity = as_identity(self.identify(request)) if self.identify else None
         except Exception as exc:
