@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import inspect
 import json
 import math
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -178,6 +180,47 @@ def test_custom_attributes_must_be_a_mapping_with_string_names() -> None:
 
 
 # -- attributes() -----------------------------------------------------------------------------
+
+# -- construction: ours against the dataclass-generated __init__ ----------------------------
+_ANY = st.one_of(st.none(), st.text(max_size=5), st.integers(), st.booleans(),
+                 st.dates(), st.floats(allow_nan=False))
+
+
+def _generated(cls: type[Any], *args: Any, **kwargs: Any) -> Any:
+    obj = object.__new__(cls)
+    cls._dataclass_init(obj, *args, **kwargs)
+    return obj
+
+
+@pytest.mark.parametrize("cls", [User, Account])
+def test_construction_has_the_generated_signature(cls: type[Any]) -> None:
+    ours, generated = inspect.signature(cls), inspect.signature(cls._dataclass_init)
+    assert f"(self, {str(ours)[1:]}" == str(generated)
+
+
+@settings(max_examples=200)
+@given(st.sampled_from([User, Account]), st.data())
+def test_construction_gives_what_the_generated_init_gives(cls: type[Any], data: Any) -> None:
+    """Every field, its default, a fresh ``custom`` dict each time, and the same
+    refusals (``__post_init__``) as the frozen dataclass's own ``__init__``."""
+    names = [f.name for f in dataclasses.fields(cls)][2:]
+    kwargs = data.draw(st.dictionaries(st.sampled_from(names), _ANY, max_size=6))
+    if data.draw(st.booleans()):
+        kwargs["custom"] = data.draw(st.one_of(
+            st.dictionaries(st.text(max_size=3), _ANY, max_size=3), st.integers()))
+    ident = data.draw(st.one_of(st.text(max_size=3), st.integers(), st.none()))
+    try:
+        expected = _generated(cls, ident, **kwargs)
+    except (TypeError, ValueError) as exc:
+        with pytest.raises(type(exc), match="^" + re.escape(str(exc)) + "$"):
+            cls(ident, **kwargs)
+        return
+    got = cls(ident, **kwargs)
+    assert got == expected and got.__dict__ == expected.__dict__
+    assert cls(ident).custom is not cls(ident).custom
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.id = "other"
+
 
 def test_default_fields_use_px_api_names() -> None:
     user = User(

@@ -266,6 +266,47 @@ class Account(_Subject):
     time_zone: str | None = None
 
 
+class _Factory:
+    """The default of ``custom`` in the signature: a new dict per instance."""
+
+    def __repr__(self) -> str:
+        return "<factory>"  # as the generated signature shows it
+
+
+def _fast_init(cls: type[_Subject]) -> None:
+    """Give a frozen ``_Subject`` dataclass an ``__init__`` with the generated one's
+    signature that fills ``__dict__`` in one step.
+
+    The generated one sets each field through ``object.__setattr__``, the frozen
+    way: 29 calls for a ``User``, 4 of its 5 µs, and apps build a ``User`` and an
+    ``Account`` for every page. Same parameters and defaults, then ``__post_init__``;
+    the generated one stays as ``_dataclass_init`` (tests compare the two).
+    """
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields if f.name not in ("id", "custom")]
+    if [f.name for f in fields[:2]] != ["id", "custom"] or any(
+        f.default is not None for f in fields[2:]
+    ):
+        raise TypeError(f"{cls.__name__}: fields must be id, custom, then defaults of None")
+    source = (
+        f"def __init__(self, id, *, custom=_DEFAULT, {', '.join(f'{n}=None' for n in names)}):\n"
+        f"    self.__dict__.update(id=id, custom={{}} if custom is _DEFAULT else custom, "
+        f"{', '.join(f'{n}={n}' for n in names)})\n"
+        "    self.__post_init__()\n"
+    )
+    namespace: dict[str, Any] = {"_DEFAULT": _Factory()}
+    exec(source, namespace)  # as dataclasses builds the one it replaces
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__doc__, init.__annotations__ = cls.__init__.__doc__, cls.__init__.__annotations__
+    cls._dataclass_init = cls.__init__  # type: ignore[attr-defined]
+    setattr(cls, "__init__", init)  # noqa: B010 - mypy refuses assigning a method
+
+
+_fast_init(User)
+_fast_init(Account)
+
+
 @dataclasses.dataclass(frozen=True)
 class Identity:
     """What ``identify(request)`` returns for a logged-in visitor."""
