@@ -12,8 +12,9 @@ difference over 400 is its instructions per request (start-up and warm-up cancel
 An instruction is not a unit of time: the floor's splice copies a 30 KB page, cheap
 in instructions and dearer in time (fresh memory), so these units are smaller than
 the timed ones. It shows what changed in the work our code does, free of noise. The
-last line does the same for the Flask example's dashboard (in process): the ratio
-bare/wrapped is the throughput ratio a server would see if the app were all it ran.
+last lines do the same for the examples' identified pages (Flask's dashboard,
+Starlette's account page, in process): bare/wrapped is the throughput ratio a server
+would see if the app were all it ran.
 Prints, never asserts; without valgrind it says so and measures nothing.
 """
 
@@ -37,19 +38,8 @@ VARIANTS = ("bare", "floor", "ours, events off", "ours, events on", "bare JSON",
 
 def _child(kind: str, name: str, requests: int) -> None:
     """Run ``requests`` requests of one variant (after a warm-up of 100)."""
-    if kind == "flask":
-        from benchmarks.bench_wsgi import PAGE, _call, _login_cookie, bare_app
-
-        os.environ.setdefault("PX_HMAC_SECRET", "bench-hmac-secret")
-        from werkzeug.test import EnvironBuilder
-
-        from examples.flask_app import create_app
-
-        app = create_app() if name == "wrapped" else bare_app()
-        cookie = _login_cookie(app)
-        environ = EnvironBuilder(path=PAGE, headers=[("Cookie", cookie)]).get_environ()
-        for _ in range(100 + requests):
-            _call(app.wsgi_app, environ)
+    if kind in ("flask", "starlette"):
+        (_flask_pages if kind == "flask" else _starlette_pages)(name == "wrapped", requests)
         return
     from benchmarks import bench_overhead as bench
 
@@ -61,6 +51,35 @@ def _child(kind: str, name: str, requests: int) -> None:
         app, path = bench.asgi_variants()[name]
         asyncio.run(bench.asgi_round(app, path, 100))
         asyncio.run(bench.asgi_round(app, path, requests))
+
+
+def _flask_pages(wrapped: bool, requests: int) -> None:
+    from werkzeug.test import EnvironBuilder
+
+    from benchmarks.bench_wsgi import ENV, PAGE, _call, _login_cookie, bare_app
+
+    os.environ.update(ENV)
+    from examples.flask_app import create_app
+
+    app = create_app() if wrapped else bare_app()
+    environ = EnvironBuilder(path=PAGE, headers=[("Cookie", _login_cookie(app))]).get_environ()
+    for _ in range(100 + requests):
+        _call(app.wsgi_app, environ)
+
+
+def _starlette_pages(wrapped: bool, requests: int) -> None:
+    from benchmarks.bench_asgi import ENV, _call, _login_cookie
+
+    os.environ.update(ENV)
+    from examples.starlette_app import create_app
+
+    async def pages() -> None:
+        app = create_app(px=wrapped)
+        cookie = await _login_cookie(create_app())
+        for _ in range(100 + requests):
+            await _call(app, cookie)
+
+    asyncio.run(pages())
 
 
 def _count(valgrind: str, kind: str, name: str, requests: int) -> int:
@@ -92,17 +111,18 @@ def measure(valgrind: str, kind: str) -> None:
         print(line)
 
 
-def measure_flask(valgrind: str) -> None:
-    bare = _per_request(valgrind, "flask", "bare")
-    wrapped = _per_request(valgrind, "flask", "wrapped")
-    print(f"Flask example, GET /dashboard in process: bare {bare:,.0f}, wrapped {wrapped:,.0f} "
-          f"instructions per request, +{(wrapped - bare) / bare:.1%}; "
-          f"bare/wrapped {bare / wrapped:.3f} (the server target is >= 0.97)")
+def measure_example(valgrind: str, kind: str) -> None:
+    bare = _per_request(valgrind, kind, "bare")
+    wrapped = _per_request(valgrind, kind, "wrapped")
+    page = "Flask example, GET /dashboard" if kind == "flask" else "Starlette example, GET /account"
+    print(f"{page} in process: bare {bare:,.0f}, wrapped {wrapped:,.0f} instructions per "
+          f"request, +{(wrapped - bare) / bare:.1%}; bare/wrapped {bare / wrapped:.3f} "
+          "(the server target is >= 0.97)")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--only", choices=("WSGI", "ASGI", "flask"))
+    parser.add_argument("--only", choices=("WSGI", "ASGI", "flask", "starlette"))
     parser.add_argument("--child", nargs=3, metavar=("KIND", "NAME", "REQUESTS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -117,8 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     for kind in ("WSGI", "ASGI"):
         if args.only in (None, kind):
             measure(valgrind, kind)
-    if args.only in (None, "flask"):
-        measure_flask(valgrind)
+    for kind in ("flask", "starlette"):
+        if args.only in (None, kind):
+            measure_example(valgrind, kind)
 
 
 if __name__ == "__main__":
