@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -212,6 +213,39 @@ def test_cached_attributes_report_their_bad_values_on_every_request() -> None:
             {"id": "u-1", "seats": 3}, {"id": "acme", "founded": 981158400000}
         ]
         assert counts["attributes_dropped"] == 1
+
+
+class _CountingMapping(Mapping[str, Any]):
+    """Custom attributes that count how often they are read whole."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+        self.reads = 0
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def items(self) -> Any:
+        self.reads += 1
+        return self._data.items()
+
+
+def test_an_identity_that_cannot_be_cached_is_worked_out_once_per_request() -> None:
+    """An unhashable custom value (refused, counted) keeps the identity out of the
+    cache; its attributes are still read once to key it and once to coerce it."""
+    snippets = Snippets()
+    for _ in range(3):
+        custom = _CountingMapping({"tags": ["a"], "seats": 3})
+        body, counts = _shared_page(snippets, Identity(User("u-1", custom=custom)))
+        assert call_args(script_of(body), "identify") == [{"id": "u-1", "seats": 3}]
+        assert counts["attributes_dropped"] == 1
+        assert custom.reads == 2
 
 
 @pytest.mark.parametrize("values", [(1, 1.0, True, Decimal("1")), ("1", 1, 1.5, Decimal("1.5"))])

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from px_middleware.config import PXConfig
-from px_middleware.core.model import Account, Identity, PXValue, User
+from px_middleware.core.model import Account, Coerced, Identity, PXValue, User
 from px_middleware.core.pxmodel import FIELDS, KEYS, LOCATION_FIELDS, EntityName, rest_value
 from px_middleware.core.session import SessionState
 
@@ -177,7 +177,7 @@ def upsert_bodies(
     identity: Identity,
     on_error: Callable[[str, Exception], None] | None = None,
     *,
-    coerced: tuple[dict[str, PXValue], dict[str, PXValue] | None] | None = None,
+    coerced: Coerced | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """PX REST user and account objects (``identifyId``, ``location``, ``customAttributes``).
 
@@ -190,12 +190,9 @@ def upsert_bodies(
     delivery logs and counts that drop).
     """
     account = identity.account
-    if coerced is None:
-        coerced = (
-            identity.user.attributes(on_error),
-            None if account is None else account.attributes(on_error),
-        )
-    user_attributes, account_attributes = coerced
+    user_attributes, account_attributes = (
+        identity.attributes(on_error) if coerced is None else coerced
+    )
     if account is not None and identity.user.account_id is None:
         user_attributes = {**user_attributes, "accountId": account.id}
     user = _rest_body("user", identity.user, user_attributes, config.product_key, on_error)

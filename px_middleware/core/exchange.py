@@ -93,10 +93,6 @@ def _key(attributes: Mapping[str, PXValue] | None) -> _Key:
     return tuple((name, value, type(value)) for name, value in attributes.items())
 
 
-def _ignore(name: str, exc: Exception) -> None:
-    """For a second coercion of attributes whose errors were counted already."""
-
-
 class Snippets:
     """Per middleware: what repeats between requests, worked out once.
 
@@ -117,6 +113,7 @@ class Snippets:
         """What ``identity`` comes to, worked out once per distinct value: one look-up."""
         account = identity.account
         cache = self._known
+        known = None
         try:
             raw = (identity.user.value_key(), None if account is None else account.value_key())
             known = cache.pop(raw, None)
@@ -127,8 +124,10 @@ class Snippets:
                     with contextlib.suppress(StopIteration, RuntimeError):
                         cache.pop(next(iter(cache)), None)
             cache[raw] = known  # (re)inserted last: the most recently used
-        except TypeError:  # an unhashable custom value: for this request only (refused there)
-            return Known(identity)
+        except TypeError:
+            # An unhashable custom value (refused there): for this request only. An
+            # empty dict's pop() does not hash, so it may have been worked out already.
+            return Known(identity) if known is None else known
         return known
 
 
@@ -148,9 +147,7 @@ class Known:
         def on_error(name: str, exc: Exception) -> None:
             errors.append((name, exc))
 
-        self.user = identity.user.attributes(on_error)
-        account = identity.account
-        self.account = None if account is None else account.attributes(on_error)
+        self.user, self.account = identity.attributes(on_error)
         self.errors = tuple(errors)
         self.key: _Key = (_key(self.user), _key(self.account))
         #: The rendered snippet, by (reset, nonce slot).
@@ -584,14 +581,15 @@ class Exchange:
             return None
         values = self._set_user_values(set_user) if identity is not None else None
 
+        known = self._known
+
         def build(nonce: str | None) -> bytes:
-            return render(self._config, identity, nonce=nonce, reset=reset,
-                          on_attribute_error=_ignore)
+            coerced = None if known is None else (known.user, known.account)
+            return render(self._config, identity, nonce=nonce, reset=reset, coerced=coerced)
 
         try:
             # Cached per identity; a nonce is per request, so it has a slot, and the
             # set_user values (often a time) are added after.
-            known = self._known
             cache = self._snippets.anonymous if known is None else known.snippets
             slot = (reset, nonce is not None)
             snippet = cache.get(slot)

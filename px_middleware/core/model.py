@@ -20,6 +20,8 @@ from typing import Any
 
 #: A value PX can store, after coercion.
 PXValue = str | int | float | bool
+#: An identity's attributes, coerced: the user's, and the account's (None without one).
+Coerced = tuple[dict[str, PXValue], dict[str, PXValue] | None]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 #: Longest string attribute we send; PX truncates or rejects longer values.
@@ -313,6 +315,12 @@ class Identity:
 
     user: User
     account: Account | None = None
+
+    def attributes(self, on_error: Callable[[str, Exception], None] | None = None) -> Coerced:
+        """The user's and the account's ``attributes(on_error)``."""
+        account = self.account
+        return (self.user.attributes(on_error),
+                None if account is None else account.attributes(on_error))
 
     def __post_init__(self) -> None:
         if not isinstance(self.user, User):

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from px_middleware.config import PXConfig
-from px_middleware.core.model import Identity, PXValue
+from px_middleware.core.model import Coerced, Identity, PXValue
 from px_middleware.core.signing import user_hash
 
 #: Attribute on our ``<script>`` tag; also how tests and humans spot our snippet.
@@ -83,21 +83,26 @@ def identify_call(
     config: PXConfig,
     identity: Identity,
     on_attribute_error: Callable[[str, Exception], None] | None = None,
+    coerced: Coerced | None = None,
 ) -> str:
     """``aptrinsic("identify", user, account)`` with ``userHash`` when a secret is set.
 
-    Raises ``ValueError`` when the hash cannot be computed (``hash_field="email"`` and
-    no email): PX would reject the identify, so the caller must not send it.
+    ``coerced``: the user's and account's ``attributes()`` when the caller has them
+    already (they are not changed here). Raises ``ValueError`` when the hash cannot be
+    computed (``hash_field="email"`` and no email): PX would reject the identify, so the
+    caller must not send it.
     """
-    user: dict[str, PXValue] = identity.user.attributes(on_attribute_error)
+    if coerced is None:
+        coerced = identity.attributes(on_attribute_error)
+    user: dict[str, PXValue] = dict(coerced[0])  # a copy: userHash goes in
     if config.hmac_secret:
         hashed = user.get(config.hash_field)
         if not isinstance(hashed, str) or not hashed:
             raise ValueError(f"cannot compute userHash: user has no {config.hash_field!r}")
         user["userHash"] = user_hash(hashed, config.hmac_secret, config.hash_encoding)
     args = [js_value("identify"), js_value(user)]
-    if identity.account is not None:
-        args.append(js_value(identity.account.attributes(on_attribute_error)))
+    if coerced[1] is not None:
+        args.append(js_value(coerced[1]))
     return f"aptrinsic({','.join(args)});"
 
 
@@ -115,8 +120,12 @@ def render(
     set_user: Mapping[str, PXValue] | None = None,
     reset: bool = False,
     on_attribute_error: Callable[[str, Exception], None] | None = None,
+    coerced: Coerced | None = None,
 ) -> bytes:
-    """The whole ``<script>`` element: loader, then ``reset``, ``identify``, ``set``."""
+    """The whole ``<script>`` element: loader, then ``reset``, ``identify``, ``set``.
+
+    ``coerced``: the identity's attributes, as for ``identify_call``.
+    """
     sdk_config = "" if config.sdk_config is None else "," + js_value(dict(config.sdk_config))
     tail = _loader_tail(config.sdk_script_url, config.product_key, sdk_config)
     if nonce is None:
@@ -126,7 +135,7 @@ def render(
     if reset:
         parts.append('aptrinsic("reset");')
     if identity is not None:
-        parts.append(identify_call(config, identity, on_attribute_error))
+        parts.append(identify_call(config, identity, on_attribute_error, coerced))
     nonce_attr = "" if nonce is None else f' nonce="{html.escape(nonce)}"'
     script = f"<script {MARKER}{nonce_attr}>{''.join(parts)}".encode("ascii") + _CLOSE
     return with_set_user(script, set_user) if identity is not None and set_user else script
