@@ -5,13 +5,13 @@
 1. In process: the page through direct ASGI calls (no server, no sockets), as
    microseconds per request, so the middleware's own overhead is visible.
 2. Under uvicorn (1 worker each, h11), logged in as alice with a real session
-   cookie: throughput of the bare and the wrapped app, measured in alternating
-   rounds in one run so both see the same machine. The load generator is ``wrk``
-   (installed from Debian when missing and running as root) or, failing that, a
-   small asyncio keep-alive client.
+   cookie: throughput of the bare app, of the app with the 20-line floor injector
+   in PX's place and of the wrapped app, in rounds run in one go
+   (``benchmarks/load.py``), so all three see the same machine.
 
-It prints the median of the per-round ratios and their spread, never asserts; the
-target is a throughput ratio >= 0.97.
+It prints the medians of the per-round ratios and their spread, never asserts; the
+target is a throughput ratio wrapped/bare >= 0.97. floor/bare is what the least any
+identify injector must do already costs this page.
 """
 
 from __future__ import annotations
@@ -19,29 +19,38 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
-import shutil
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.parse
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message
 
-from benchmarks.bench_wsgi import summary
+from benchmarks import load
+from px_middleware.asgi import PXAsgiMiddleware
+from tests.support.servers import uvicorn
 
 ROOT = Path(__file__).resolve().parents[1]
 PATH = "/account"
 LOGIN = {"email": "alice@acme.test", "password": "alice"}
 ENV = {"PX_HMAC_SECRET": "bench-secret"}
+
+
+def floor_app() -> Starlette:
+    """The example app with ``bench_overhead``'s 20-line floor injector where PX was:
+    what the least an identify injector must do costs this page."""
+    from benchmarks.bench_overhead import floor_asgi
+    from examples.starlette_app import create_app
+
+    app = create_app()
+    for index, entry in enumerate(app.user_middleware):
+        if getattr(entry, "cls", None) is PXAsgiMiddleware:
+            app.user_middleware[index] = Middleware(floor_asgi)
+    return app
 
 
 # -- in process ------------------------------------------------------------------------------------
@@ -94,102 +103,16 @@ async def _in_process(rounds: int, requests: int) -> dict[str, Any]:
 
 
 # -- under uvicorn ---------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _wait_for(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)  # a server starting up, not a measurement
-    raise RuntimeError(f"uvicorn on port {port} did not start")
-
-
-@contextmanager
-def _uvicorn(target: str) -> Iterator[str]:
-    # --host/--port rather than a passed socket: uvicorn's --fd socket is labelled
-    # AF_UNIX, so asyncio skips TCP_NODELAY and small writes stall on delayed ACKs.
-    port = _free_port()
-    with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1",
-             "--port", str(port), "--http", "h11", "--no-access-log", "--log-level", "warning"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, **ENV},
-        )
-        try:
-            _wait_for(port, process)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-            stderr.seek(0)
-            log = stderr.read().decode(errors="replace").strip()
-            if log:
-                print(f"  [{target} stderr]\n{log}")
-
-
-def _ensure_wrk() -> str | None:
-    wrk = shutil.which("wrk")
-    if wrk is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        print("installing wrk from Debian (apt-get install wrk) ...")
-        install = ["apt-get", "install", "-y", "-q", "wrk"]
-        if subprocess.run(install, capture_output=True).returncode:
-            subprocess.run(["apt-get", "update", "-q"], capture_output=True)
-            subprocess.run(install, capture_output=True)
-        wrk = shutil.which("wrk")
-    return wrk
-
-
-def _wrk(wrk: str, url: str, cookie: str, duration: float, connections: int) -> tuple[float, str]:
-    output = subprocess.run(
-        [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "-H", f"Cookie: {cookie}", url],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    match = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", output)
-    return (float(match.group(1)) if match else 0.0), (errors.group(0) if errors else "")
-
-
-async def _python_load(url: str, cookie: str, duration: float, connections: int) -> float:
-    """A keep-alive HTTP/1.1 client: ``connections`` loops of GET, read to Content-Length."""
-    parts = urllib.parse.urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    request = (f"GET {parts.path} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n"
-               ).encode()
-    deadline = time.perf_counter() + duration
-    done = 0
-
-    async def worker() -> None:
-        nonlocal done
-        reader, writer = await asyncio.open_connection(host, port)
-        while time.perf_counter() < deadline:
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = re.search(rb"(?i)content-length: (\d+)", head)
-            assert length is not None, head
-            await reader.readexactly(int(length.group(1)))
-            done += 1
-        writer.close()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(connections)))
-    return done / (time.perf_counter() - start)
-
-
 def _under_uvicorn(rounds: int, duration: float, connections: int) -> None:
-    wrk = _ensure_wrk()
-    print(f"load generator: {wrk or 'python asyncio client (wrk not available)'}; "
-          f"{connections} connections, {rounds} x {duration:g} s per variant, alternating")
-    targets = {"bare": "examples.starlette_app:bare_app", "wrapped": "examples.starlette_app:app"}
+    print("under uvicorn (1 worker each, h11)")
+    targets = {"bare": "examples.starlette_app:bare_app",
+               "floor": "benchmarks.bench_asgi:floor_app", "wrapped": "examples.starlette_app:app"}
     with ExitStack() as stack:
-        urls = {name: stack.enter_context(_uvicorn(t)) for name, t in targets.items()}
+        with load.servers_pinned():
+            urls = {name: stack.enter_context(
+                        uvicorn(target, "--http", "h11", "--no-access-log",
+                                *(["--factory"] if name == "floor" else []), env=ENV)).url
+                    for name, target in targets.items()}
         cookies = {}
         for name, url in urls.items():
             with httpx.Client(base_url=url, timeout=60) as client:
@@ -199,26 +122,10 @@ def _under_uvicorn(rounds: int, duration: float, connections: int) -> None:
                 cookies[name] = f"demo_session={client.cookies['demo_session']}"
                 snippet = "aptrinsic(\"identify\"" in page.text
                 print(f"  {name:8} {url}{PATH}: {len(page.content)} bytes, identify: {snippet}")
-        # Warm-up, not measured.
-        for name, url in urls.items():
-            _measure(wrk, url + PATH, cookies[name], 1, connections)
-        results: dict[str, list[float]] = {"bare": [], "wrapped": []}
-        for n in range(rounds):
-            order = ["bare", "wrapped"] if n % 2 == 0 else ["wrapped", "bare"]
-            for name in order:
-                rate, note = _measure(wrk, urls[name] + PATH, cookies[name], duration,
-                                      connections)
-                results[name].append(rate)
-                print(f"  round {n + 1} {name:8} {rate:9.1f} req/s {note}")
+        results = load.alternating_rounds({name: url + PATH for name, url in urls.items()},
+                                          cookies, rounds, duration, connections)
     print("uvicorn throughput:")
-    summary(results)
-
-
-def _measure(wrk: str | None, url: str, cookie: str, duration: float,
-             connections: int) -> tuple[float, str]:
-    if wrk:
-        return _wrk(wrk, url, cookie, duration, connections)
-    return asyncio.run(_python_load(url, cookie, duration, connections)), ""
+    load.summary(results)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -118,6 +118,9 @@ def floor_wsgi(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[by
 
 def floor_asgi(app: Any) -> Any:
     async def middleware(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # lifespan, under a real server
+            await app(scope, receive, send)
+            return
         messages: list[dict[str, Any]] = []
 
         async def hold(message: dict[str, Any]) -> None:

@@ -7,13 +7,13 @@
    the JSON API (passes through), in microseconds per request, so the middleware's
    own cost is visible next to the app's.
 2. Under gunicorn (one sync worker each), logged in through the real login form:
-   throughput of the bare and the wrapped app in alternating rounds (bare, wrapped,
-   bare, wrapped, ...; the order flips every round) in one run, so both see the same
-   machine. Load comes from ``wrk`` (installed from Debian when missing and running
-   as root), else from a small threaded ``http.client`` loop.
+   throughput of the bare app, of the app with the 20-line floor injector and of
+   the wrapped app, in rounds run in one go (``benchmarks/load.py``), so all three
+   see the same machine.
 
-It prints the median of the per-round ratios and their spread, never asserts; the
-target is a throughput ratio >= 0.97.
+It prints the medians of the per-round ratios and their spread, never asserts; the
+target is a throughput ratio wrapped/bare >= 0.97. floor/bare is what the least any
+identify injector must do already costs this page.
 """
 
 from __future__ import annotations
@@ -21,13 +21,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import re
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
@@ -42,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import load  # noqa: E402
 from tests.support.servers import gunicorn  # noqa: E402
 
 if TYPE_CHECKING:
@@ -58,6 +55,16 @@ def bare_app() -> Flask:
 
     app = create_app()
     app.wsgi_app = app.wsgi_app.app  # type: ignore[attr-defined,method-assign]
+    return app
+
+
+def floor_app() -> Flask:
+    """The example app with ``bench_overhead``'s 20-line floor injector where PX was:
+    what the least an identify injector must do costs this page."""
+    from benchmarks.bench_overhead import floor_wsgi
+
+    app = bare_app()
+    app.wsgi_app = floor_wsgi(app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 
@@ -112,54 +119,6 @@ def _in_process(rounds: int, requests: int) -> None:
 
 
 # -- under gunicorn ------------------------------------------------------------------------------
-def _ensure_wrk() -> str | None:
-    wrk = shutil.which("wrk")
-    if wrk is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        print("installing wrk from Debian (apt-get install wrk) ...")
-        install = ["apt-get", "install", "-y", "-q", "wrk"]
-        if subprocess.run(install, capture_output=True).returncode:
-            subprocess.run(["apt-get", "update", "-q"], capture_output=True)
-            subprocess.run(install, capture_output=True)
-        wrk = shutil.which("wrk")
-    return wrk
-
-
-def _wrk(wrk: str, port: int, cookie: str, duration: float, connections: int) -> float:
-    url = f"http://127.0.0.1:{port}{PAGE}"
-    output = subprocess.run(
-        [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "-H", f"Cookie: {cookie}", url],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    if "Non-2xx" in output or "Socket errors" in output:
-        print("  wrk reported errors:\n" + output)
-    match = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    return float(match.group(1)) if match else 0.0
-
-
-def _threaded_load(port: int, cookie: str, duration: float, connections: int) -> float:
-    """Fallback load: ``connections`` threads, each GET after GET until the deadline."""
-    deadline = time.perf_counter() + duration
-    counts = [0] * connections
-
-    def worker(index: int) -> None:
-        while time.perf_counter() < deadline:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            connection.request("GET", PAGE, headers={"Cookie": cookie})
-            response = connection.getresponse()
-            response.read()
-            connection.close()
-            if response.status == 200:
-                counts[index] += 1
-
-    start = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(counts) / (time.perf_counter() - start)
-
-
 def _login_over_http(port: int) -> str:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     connection.request("POST", "/login", body=urlencode(LOGIN),
@@ -181,46 +140,22 @@ def _page(port: int, cookie: str) -> bytes:
 
 
 def _under_gunicorn(rounds: int, duration: float, connections: int) -> None:
-    wrk = _ensure_wrk()
-    print(f"\nunder gunicorn (1 sync worker each); load: {wrk or 'threaded http.client loop'}, "
-          f"{connections} connections, {rounds} x {duration:g} s per variant, alternating")
-    targets = {"bare": "benchmarks.bench_wsgi:bare_app()", "wrapped": "examples.flask_app:app"}
+    print("\nunder gunicorn (1 sync worker each)")
+    targets = {"bare": "benchmarks.bench_wsgi:bare_app()",
+               "floor": "benchmarks.bench_wsgi:floor_app()", "wrapped": "examples.flask_app:app"}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         env = {**ENV, "FLASK_APP_DB": str(Path(tmp) / "bench.sqlite3")}
-        ports = {name: stack.enter_context(gunicorn(target, env=env)).port
-                 for name, target in targets.items()}
+        with load.servers_pinned():
+            ports = {name: stack.enter_context(gunicorn(target, env=env)).port
+                     for name, target in targets.items()}
         cookies = {name: _login_over_http(port) for name, port in ports.items()}
         for name, port in ports.items():
             body = _page(port, cookies[name])
             identified = b'aptrinsic("identify"' in body
             print(f"  {name:8} {PAGE}: {len(body)} bytes, identify: {identified}")
-
-        def measure(name: str, seconds: float) -> float:
-            if wrk:
-                return _wrk(wrk, ports[name], cookies[name], seconds, connections)
-            return _threaded_load(ports[name], cookies[name], seconds, connections)
-
-        for name in ports:  # warm-up, not counted
-            measure(name, 1)
-        results: dict[str, list[float]] = {"bare": [], "wrapped": []}
-        for n in range(rounds):
-            order = ("bare", "wrapped") if n % 2 == 0 else ("wrapped", "bare")
-            for name in order:
-                results[name].append(measure(name, duration))
-                print(f"  round {n + 1} {name:8} {results[name][-1]:9.1f} req/s")
-        summary(results)
-
-
-def summary(results: dict[str, list[float]], target: float = 0.97) -> None:
-    """The median of per-round ratios: a burst of load elsewhere hits both of a round."""
-    pairs = [w / b for b, w in zip(results["bare"], results["wrapped"], strict=True) if b]
-    bare, wrapped = statistics.median(results["bare"]), statistics.median(results["wrapped"])
-    median = statistics.median(pairs)
-    print(f"  median: bare {bare:.1f} req/s, wrapped {wrapped:.1f} req/s")
-    print(f"  throughput ratio wrapped/bare: median of {len(pairs)} rounds {median:.3f}, "
-          f"spread {min(pairs):.3f}-{max(pairs):.3f} (target >= {target}: "
-          f"{'met' if median >= target else 'missed'})")
-    print(f"  per round: {', '.join(f'{r:.3f}' for r in pairs)}")
+        urls = {name: f"http://127.0.0.1:{port}{PAGE}" for name, port in ports.items()}
+        results = load.alternating_rounds(urls, cookies, rounds, duration, connections)
+    load.summary(results)
 
 
 def main(argv: Iterable[str] | None = None) -> None:
