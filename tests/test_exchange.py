@@ -236,16 +236,67 @@ class _CountingMapping(Mapping[str, Any]):
         return self._data.items()
 
 
-def test_an_identity_that_cannot_be_cached_is_worked_out_once_per_request() -> None:
-    """An unhashable custom value (refused, counted) keeps the identity out of the
-    cache; its attributes are still read once to key it and once to coerce it."""
+def test_an_identity_with_an_unhashable_value_is_worked_out_once() -> None:
+    """The cache compares values, it does not hash them: a list (refused, counted on
+    every request) does not keep the identity from being coerced only once."""
     snippets = Snippets()
-    for _ in range(3):
-        custom = _CountingMapping({"tags": ["a"], "seats": 3})
+    customs = [_CountingMapping({"tags": ["a"], "seats": 3}) for _ in range(3)]
+    for custom in customs:
         body, counts = _shared_page(snippets, Identity(User("u-1", custom=custom)))
         assert call_args(script_of(body), "identify") == [{"id": "u-1", "seats": 3}]
         assert counts["attributes_dropped"] == 1
-        assert custom.reads == 2
+    assert [custom.reads for custom in customs] == [1, 0, 0]  # coerced reads items()
+
+
+class _Undecidable:
+    """A value that cannot be compared (as a NumPy array cannot)."""
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("the truth value is ambiguous")
+
+    __hash__ = object.__hash__
+
+
+def test_a_value_that_cannot_be_compared_is_worked_out_every_time() -> None:
+    snippets = Snippets()
+    for _ in range(2):
+        identity = Identity(User("u-1", email="a@b.test", custom={"v": _Undecidable()}))
+        body, counts = _shared_page(snippets, identity)
+        assert call_args(script_of(body), "identify") == [{"id": "u-1", "email": "a@b.test"}]
+        assert counts["attributes_dropped"] == 1 and counts["injected"] == 1
+
+
+#: One user's values as they change from one request to the next, each the oracle
+#: for the next page: the cached identify must be what a fresh render gives.
+_CHANGES: list[Identity] = [
+    Identity(User("u-1", email="a@b.test", score=1), Account("acme", nps=1)),
+    Identity(User("u-1", email="a@b.test", score=1.0), Account("acme", nps=1)),
+    Identity(User("u-1", email="a@b.test", score=True), Account("acme", nps=1)),
+    Identity(User("u-1", email="a@b.test", score=1), Account("acme", nps=1.0)),
+    Identity(User("u-1", email="c@d.test", score=1), Account("acme", nps=1.0)),
+    Identity(User("u-1", email="c@d.test", score=1), Account("acme", nps=1.0,
+                                                              custom={"n": 1})),
+    Identity(User("u-1", email="c@d.test", score=1), Account("acme", nps=1.0,
+                                                              custom={"n": True})),
+    Identity(User("u-1", email="c@d.test", score=1), Account("other", nps=1.0)),
+    Identity(User("u-1", email="c@d.test", score=1), None),
+    Identity(User("u-1", email="c@d.test", sign_up_date=dt.date(2020, 1, 2))),
+    Identity(User("u-1", email="c@d.test",
+                  sign_up_date=dt.datetime(2020, 1, 2, tzinfo=dt.timezone.utc))),
+    Identity(User("u-1", email="c@d.test", custom={"email": "x@y.test"})),
+    Identity(User("u-1", email="c@d.test", custom={"x": "email"})),
+]
+
+
+def test_cached_identify_follows_every_change_of_value_and_type() -> None:
+    snippets = Snippets()
+    for _ in range(2):
+        for identity in _CHANGES:
+            cached = call_args(script_of(_shared_page(snippets, identity)[0]), "identify")
+            fresh = call_args(script_of(_shared_page(Snippets(), identity)[0]), "identify")
+            assert cached == fresh and [list(map(type, c.values())) for c in cached] == [
+                list(map(type, f.values())) for f in fresh
+            ], identity
 
 
 @pytest.mark.parametrize("values", [(1, 1.0, True, Decimal("1")), ("1", 1, 1.5, Decimal("1.5"))])

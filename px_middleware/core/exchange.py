@@ -96,52 +96,48 @@ def _key(attributes: Mapping[str, PXValue] | None) -> _Key:
 class Snippets:
     """Per middleware: what repeats between requests, worked out once.
 
-    What an identity value comes to (``Known``: its attributes, snippets and upsert
-    digest; the same user's identify call, with its HMAC, does not change between
-    requests; bounded, least recently used out first), the anonymous snippets, and the
+    What an identity comes to (``Known``: its attributes, snippets and upsert digest;
+    the same user's identify call, with its HMAC, does not change between requests),
+    one per user and account id, replaced when the values given for them change
+    (bounded, least recently used out first); the anonymous snippets; and the
     injector's decisions on the heads it has read.
     """
 
     def __init__(self, size: int = 512) -> None:
         self._size = size
-        self._known: dict[_Key, Known] = {}
+        self._known: dict[tuple[str, str | None], Known] = {}
         #: The anonymous snippet, by (reset, nonce slot).
         self.anonymous: dict[tuple[bool, bool], bytes] = {}
         self.heads = KnownHeads()
 
     def known(self, identity: Identity) -> Known:
-        """What ``identity`` comes to, worked out once per distinct value: one look-up."""
-        account = identity.account
+        """What ``identity`` comes to, worked out again only when its values changed."""
+        user, account = identity.user, identity.account
+        raw = (user.raw_values(), None if account is None else account.raw_values())
+        ids = (user.id, None if account is None else account.id)
         cache = self._known
-        known = None
-        try:
-            raw = (identity.user.value_key(), None if account is None else account.value_key())
-            known = cache.pop(raw, None)
-            if known is None:
-                known = Known(identity)
-                if len(cache) >= self._size:
-                    # StopIteration, RuntimeError: emptied or resized by another thread.
-                    with contextlib.suppress(StopIteration, RuntimeError):
-                        cache.pop(next(iter(cache)), None)
-            cache[raw] = known  # (re)inserted last: the most recently used
-        except TypeError:
-            # An unhashable custom value (refused there): for this request only. An
-            # empty dict's pop() does not hash, so it may have been worked out already.
-            return Known(identity) if known is None else known
+        known = cache.pop(ids, None)
+        if known is None or not known.matches(raw):
+            known = Known(identity, raw)
+            if len(cache) >= self._size:
+                # StopIteration, RuntimeError: emptied or resized by another thread.
+                with contextlib.suppress(StopIteration, RuntimeError):
+                    cache.pop(next(iter(cache)), None)
+        cache[ids] = known  # (re)inserted last: the most recently used
         return known
 
 
 class Known:
-    """One identity value, worked out once and shared between requests: read it, never
-    change what it holds (only ``snippets`` and ``digest`` fill in, once each).
+    """One identity's values, worked out once and shared between requests: read it,
+    never change what it holds (only ``snippets`` and ``digest`` fill in, once each).
 
     The errors coercing it reported are kept, to be counted again on every request,
     as coercing would.
     """
 
-    __slots__ = ("account", "digest", "errors", "key", "snippets", "user")
+    __slots__ = ("account", "digest", "errors", "key", "raw", "snippets", "typed", "user")
 
-    def __init__(self, identity: Identity) -> None:
+    def __init__(self, identity: Identity, raw: tuple[tuple[Any, ...] | None, ...]) -> None:
         errors: list[tuple[str, Exception]] = []
 
         def on_error(name: str, exc: Exception) -> None:
@@ -150,10 +146,36 @@ class Known:
         self.user, self.account = identity.attributes(on_error)
         self.errors = tuple(errors)
         self.key: _Key = (_key(self.user), _key(self.account))
+        #: What it was given (``raw_values`` of the user and the account).
+        self.raw = raw
+        #: Per subject, where ``raw`` holds a value that equal values of other types
+        #: coerce differently from (``1``, ``1.0``, ``True``): position and type. A
+        #: str (its subclasses encode alike) and None have no such equals, and the
+        #: class in front compares as itself.
+        self.typed = tuple(
+            () if values is None else tuple(
+                (index, type(value)) for index, value in enumerate(values)
+                if index and value is not None and type(value) is not str
+            )
+            for values in raw
+        )
         #: The rendered snippet, by (reset, nonce slot).
         self.snippets: dict[tuple[bool, bool], bytes] = {}
         #: The upsert fingerprint (``_digest(key)``), once an upsert needed it.
         self.digest = ""
+
+    def matches(self, raw: tuple[tuple[Any, ...] | None, ...]) -> bool:
+        """Does ``raw`` come to these attributes: equal values, of the same types?"""
+        try:
+            if raw != self.raw:
+                return False
+        except (TypeError, ValueError):  # a custom value that cannot say (an array)
+            return False
+        for values, typed in zip(raw, self.typed, strict=True):
+            for index, kind in typed:
+                if type(values[index]) is not kind:  # type: ignore[index]
+                    return False
+        return True
 
 
 def _digest(key: _Key) -> str:

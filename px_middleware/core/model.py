@@ -161,14 +161,11 @@ class _Subject:
         """The PX API names of the default (non-custom) attributes."""
         return _default_names(cls)
 
-    def value_key(self) -> tuple[Any, ...]:
-        """Its raw values as a hashable key, type-exact (``1``, ``1.0`` and ``True``
-        differ): equal keys coerce to equal attributes. Hashing it raises TypeError
-        when a custom value is unhashable."""
-        values = _getter(type(self))(self.__dict__)
+    def raw_values(self) -> tuple[Any, ...]:
+        """What it was given, flat: its class, id, default fields, custom names, custom
+        values. Equal raw values of the same types coerce to equal attributes."""
         custom = self.custom
-        return (type(self), values, tuple(map(type, values)), tuple(custom.items()),
-                tuple(map(type, custom.values())))
+        return (type(self), *_getter(type(self))(self.__dict__), *custom, *custom.values())
 
     def attributes(
         self, on_error: Callable[[str, Exception], None] | None = None
