@@ -22,7 +22,6 @@ import os
 import statistics
 import time
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -34,7 +33,6 @@ from benchmarks import load
 from px_middleware.asgi import PXAsgiMiddleware
 from tests.support.servers import uvicorn
 
-ROOT = Path(__file__).resolve().parents[1]
 PATH = "/account"
 LOGIN = {"email": "alice@acme.test", "password": "alice"}
 ENV = {"PX_HMAC_SECRET": "bench-secret"}

@@ -23,7 +23,6 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 
-VARIANTS = ("bare", "floor", "wrapped")
 _CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 SERVER_CPU, LOAD_CPU = (_CPUS[0], _CPUS[1]) if len(_CPUS) >= 2 else (None, None)
 

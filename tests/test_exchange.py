@@ -266,8 +266,8 @@ def test_a_value_that_cannot_be_compared_is_worked_out_every_time() -> None:
         assert counts["attributes_dropped"] == 1 and counts["injected"] == 1
 
 
-#: One user's values as they change from one request to the next, each the oracle
-#: for the next page: the cached identify must be what a fresh render gives.
+#: One user's values as they change from one request to the next, in value and in
+#: type: through a shared cache, each page's identify must be what a fresh render gives.
 _CHANGES: list[Identity] = [
     Identity(User("u-1", email="a@b.test", score=1), Account("acme", nps=1)),
     Identity(User("u-1", email="a@b.test", score=1.0), Account("acme", nps=1)),
